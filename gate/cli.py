@@ -1,0 +1,173 @@
+"""The ``gate`` command line. Exit codes: 0 pass, 1 blocked, 2 bad input or configuration, 3 validator error."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from gate.errors import ExitCode, GateError
+
+COMMANDS_GROUP = "gate.commands"
+DEFAULT_POLICY = Path("policies/default.yaml")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Validation gate for generative imaging models kept in an MLflow registry.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _quiet_env() -> None:
+    # no telemetry, no hub downloads: gate never needs the network beyond the tracking server
+    for key, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
+                       ("GX_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_LOGGED_MODEL_CREATION_NOTIFICATION", "false")):
+        os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def progress_bars(quiet: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    if quiet:
+        yield lambda _d, _t: (lambda _n: None)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as bars:
+        def factory(desc: str, total: int) -> Callable[[int], None]:
+            task = bars.add_task(desc, total=total)
+            return lambda n: bars.advance(task, n)
+
+        yield factory
+
+
+def fail(exc: GateError) -> None:
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    for line in lines:
+        err.print(f"gate: error: {line}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(int(exc.exit_code))
+
+
+def report_result(result, quiet: bool) -> None:
+    r = result.report
+    colour = {"pass": "green", "fail": "red", "error": "magenta"}[r.verdict]
+    what = result.model.version_uri if result.model else str(r.provenance.samples_dir)
+    out.print(f"[bold {colour}]{r.verdict.upper()}[/] {what}: {r.summary}", highlight=False)
+    if not quiet:
+        for c in r.checks:
+            for o in c.rules:
+                mark = "[green]ok[/]" if o.passed else ("[red]FAILED[/]" if o.severity == "block" else "[yellow]warn[/]")
+                value = "NaN" if o.value is None else f"{o.value:.4g}"
+                out.print(f"  {mark} {c.id}.{o.metric} = {value} (needs {o.condition})", highlight=False)
+    out.print(f"reports: {result.out}/report.html (report.json sha256 {result.report_sha256[:12]})", highlight=False)
+
+
+PolicyOpt = typer.Option(DEFAULT_POLICY, "--policy", "-p", help="YAML policy file")
+ModelOpt = typer.Option(None, "--model", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+SamplesOpt = typer.Option(None, "--samples", help="folder of generated images (instead of --model)")
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI, else .gate/)")
+OutOpt = typer.Option(Path("gate-report"), "--out", "-o", help="folder for the reports")
+TrainOpt = typer.Option(None, "--train", help="override the policy's data.train folder")
+HoldoutOpt = typer.Option(None, "--holdout", help="override the policy's data.holdout folder")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars (for CI)")
+
+
+def _run(req, quiet: bool) -> None:
+    from gate.workflow import validate
+
+    try:
+        with progress_bars(quiet) as progress:
+            result = validate(req, progress)
+    except GateError as exc:
+        fail(exc)
+    report_result(result, quiet)
+    if req.promote_alias:
+        if result.promoted:
+            out.print(f"promoted {result.model.version_uri} to @{req.promote_alias}", highlight=False)
+        else:
+            out.print(f"[red]refused[/]: {result.model.version_uri} was not promoted to @{req.promote_alias} "
+                      f"(verdict {result.report.verdict})", highlight=False)
+    raise typer.Exit(int(result.exit_code))
+
+
+@app.command()
+def validate(policy: Path = PolicyOpt, model: Optional[str] = ModelOpt, samples: Optional[Path] = SamplesOpt,
+             tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt, train: Optional[Path] = TrainOpt,
+             holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt) -> None:
+    """Validate a candidate against a policy and write the reports."""
+    from gate.workflow import Request
+
+    _run(Request(policy, out_dir, model, samples, tracking_uri, train, holdout), quiet)
+
+
+@app.command()
+def promote(model: str = typer.Option(..., "--model", help="models:/NAME/VERSION or models:/NAME@ALIAS"),
+            alias: str = typer.Option("champion", "--alias", help="alias to set on a pass"),
+            policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt,
+            train: Optional[Path] = TrainOpt, holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt) -> None:
+    """Validate, then set the alias only on a pass (never otherwise)."""
+    from gate.workflow import Request
+
+    _run(Request(policy, out_dir, model, None, tracking_uri, train, holdout, promote_alias=alias), quiet)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of policies (built from the installed validators)."""
+    from gate.policy import policy_json_schema
+    from gate.validators import discover
+
+    try:
+        print(json.dumps(policy_json_schema(discover()), indent=2, sort_keys=True))
+    except GateError as exc:
+        fail(exc)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from gate import __version__
+        from gate.validators import discover
+
+        reg = discover()
+        out.print(f"gate {__version__}", highlight=False)
+        for name, v in sorted(reg.validators.items()):
+            out.print(f"  validator {name}: {v.distribution} {v.version}", highlight=False)
+        for name, why in sorted(reg.failures.items()):
+            out.print(f"  validator {name}: FAILED TO LOAD: {why}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="show versions of gate and its validators")) -> None:
+    _quiet_env()
+
+
+def _load_plugin_commands() -> None:
+    """Plugins add sub-commands (``demo``, ``bench``) through the ``gate.commands`` entry points."""
+    for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        try:
+            ep.load()(app)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the core CLI down
+            err.print(f"gate: warning: command plugin '{ep.name}' failed to load: {type(exc).__name__}: {exc}",
+                      markup=False)
+
+
+def main() -> None:
+    _quiet_env()
+    _load_plugin_commands()
+    try:
+        app()
+    except GateError as exc:  # pragma: no cover - commands handle their own, this is the last line of defence
+        err.print(f"gate: error: {exc}", markup=False)
+        sys.exit(int(exc.exit_code))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Reading folders of images into an :class:`ImageSet`, checking every file on entry.
+
+One file is one sample: a 2D ``.npy``, a ``.png`` (grey or RGB, converted to grey), or a NIfTI file
+(``.nii``/``.nii.gz``) whose 2D image is one sample and whose 3D volume is split into slices along its
+last axis, with ids ``FILE#Z``. Values are kept as they are (float32); consumers normalise as they need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from gate.errors import InputError
+from gate.imageset import ImageSet, ManifestEntry
+
+SUFFIXES = (".npy", ".png", ".nii", ".nii.gz")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_one(path: Path) -> np.ndarray:
+    kind = _suffix(path)
+    try:
+        if kind == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif kind == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                mode_max = {"I;16": 65535.0, "I": 65535.0, "F": 1.0}.get(im.mode, 255.0)
+                if im.mode not in ("L", "I;16", "I", "F"):
+                    im = im.convert("L")
+                arr = np.asarray(im, dtype=np.float32) / mode_max
+        else:
+            import nibabel as nib
+
+            arr = np.asarray(nib.load(str(path)).dataobj)
+            arr = np.squeeze(arr) if arr.ndim > 3 else arr
+    except Exception as exc:  # noqa: BLE001 - every reader failure becomes one clear line
+        raise InputError(f"{path}: cannot read image: {type(exc).__name__}: {exc}") from None
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise InputError(f"{path}: expected real numbers, found dtype {arr.dtype}")
+    return arr.astype(np.float32, copy=False)
+
+
+def read_image_folder(folder: Path | str, name: str) -> ImageSet:
+    """All supported files directly in ``folder`` (sorted by name) as one checked image set."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: {name} folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p) in SUFFIXES)
+    if not files:
+        raise InputError(f"{folder}: {name} folder holds no images ({', '.join(SUFFIXES)})")
+    ids: list[str] = []
+    images: list[np.ndarray] = []
+    manifest: list[ManifestEntry] = []
+    for path in files:
+        arr = _read_one(path)
+        if arr.ndim == 3 and _suffix(path) in (".nii", ".nii.gz"):
+            slices = [(f"{path.name}#{z}", arr[..., z]) for z in range(arr.shape[-1])]
+            labels = [f"{path}#{z}" for z in range(arr.shape[-1])]
+        elif arr.ndim == 2:
+            slices, labels = [(path.name, arr)], [str(path)]
+        else:
+            raise InputError(f"{path}: expected a 2D image (or a 3D NIfTI volume), got shape {arr.shape}")
+        for (sid, img), label in zip(slices, labels):
+            check_image(img, label)
+            ids.append(sid)
+            images.append(img)
+        manifest.append(ManifestEntry(str(path), sha256_file(path)))
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        first = images[0].shape
+        odd = next(i for i, im in enumerate(images) if im.shape != first)
+        raise InputError(f"{folder}/{ids[odd]}: shape {images[odd].shape} differs from {ids[0]} {first}; "
+                         f"all {name} images must have one size")
+    return ImageSet(name=name, ids=tuple(ids), images=np.stack(images), manifest=tuple(manifest))
+
+
+def check_image(img: np.ndarray, label: str) -> None:
+    """``label`` names the image in the error: a path, ``PATH#Z`` or a generated sample id."""
+    if img.ndim != 2:
+        raise InputError(f"{label}: expected a 2D image, got shape {img.shape}")
+    if min(img.shape) < 8:
+        raise InputError(f"{label}: image of shape {img.shape} is too small (at least 8x8)")
+    bad = ~np.isfinite(img)
+    if bad.any():
+        raise InputError(f"{label}: {int(bad.sum())} non-finite values (NaN or inf)")
+
+
+def check_same_size(reference: ImageSet, other: ImageSet) -> None:
+    if reference.shape != other.shape:
+        raise InputError(f"{other.name} images are {other.shape[0]}x{other.shape[1]} but {reference.name} "
+                         f"images are {reference.shape[0]}x{reference.shape[1]}; all sets must have one size")

@@ -1,0 +1,45 @@
+"""An ordered, validated set of 2D images with the provenance of every file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestEntry:
+    """One file behind an image set: its path and content hash."""
+
+    path: str
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+    """``images`` is float32 [n, H, W]; ``ids`` names each image (``FILE`` or ``FILE#Z``)."""
+
+    name: str
+    ids: tuple[str, ...]
+    images: np.ndarray
+    manifest: tuple[ManifestEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 3 or len(self.ids) != len(self.images):
+            raise ValueError(f"{self.name}: images must be [n, H, W] with one id per image")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def manifest_sha256(self) -> str:
+        """One digest for the whole set, independent of file order."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for entry in sorted(self.manifest, key=lambda e: e.path):
+            h.update(f"{entry.path}\0{entry.sha256}\n".encode())
+        return h.hexdigest()

@@ -1,0 +1,232 @@
+"""The YAML policy: pydantic models built from the installed validators, and a loader that
+reports every problem as ``FILE:LINE: where: what``."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from gate.errors import ConfigError
+from gate.validators import ValidatorRegistry
+
+API_VERSION = "gate/v1"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Metadata(Strict):
+    name: str = Field(min_length=1, description="Policy name, recorded in every report")
+    owner: str = Field(min_length=1, description="Who answers for this policy")
+    description: str = ""
+
+
+class CandidateSpec(Strict):
+    n_samples: int = Field(64, ge=1, description="How many samples to draw from a registry generator")
+    seed: int = Field(0, ge=0, description="Seed passed to the generator and to every validator")
+    batch_size: int = Field(16, ge=1, description="Samples per generator call and per extractor batch")
+
+
+class DataSpec(Strict):
+    train: Path = Field(description="Folder of the generator's training images (memorization reference)")
+    holdout: Path | None = Field(None, description="Folder of real images the generator never saw")
+
+
+class RuleBase(Strict):
+    lt: float | None = Field(None, allow_inf_nan=False)
+    lte: float | None = Field(None, allow_inf_nan=False)
+    gt: float | None = Field(None, allow_inf_nan=False)
+    gte: float | None = Field(None, allow_inf_nan=False)
+    severity: Literal["block", "warn"] = "block"
+
+    @model_validator(mode="after")
+    def _at_least_one_bound(self):
+        if all(v is None for v in (self.lt, self.lte, self.gt, self.gte)):
+            raise ValueError("a rule needs at least one of lt/lte/gt/gte")
+        return self
+
+    def bounds(self) -> dict[str, float]:
+        return {k: v for k, v in (("lt", self.lt), ("lte", self.lte), ("gt", self.gt), ("gte", self.gte))
+                if v is not None}
+
+    def holds(self, value: float) -> bool:
+        """NaN never holds: a metric that could not be computed fails closed."""
+        if value != value:  # NaN
+            return False
+        ops = {"lt": value.__lt__, "lte": value.__le__, "gt": value.__gt__, "gte": value.__ge__}
+        return all(ops[k](v) for k, v in self.bounds().items())
+
+    def describe(self) -> str:
+        sym = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+        return " and ".join(f"{sym[k]} {v:g}" for k, v in self.bounds().items())
+
+
+class SpecBase(Strict):
+    mode: Literal["enforce", "audit"] = Field("enforce", description="audit records everything, never blocks")
+    candidate: CandidateSpec = CandidateSpec()
+    data: DataSpec
+
+
+class PolicyBase(Strict):
+    apiVersion: Literal["gate/v1"]
+    kind: Literal["ValidationPolicy"]
+    metadata: Metadata
+
+
+def build_policy_model(registry: ValidatorRegistry) -> type[PolicyBase]:
+    """One ``Check`` variant per installed validator, so params and metric names are typed."""
+    variants = []
+    for name, loaded in sorted(registry.validators.items()):
+        cls = loaded.cls
+        metric_names = tuple(m.name for m in cls.metrics)
+        rule = create_model(
+            f"Rule_{name}", __base__=RuleBase,
+            metric=(Literal[metric_names], Field(description="a metric that this validator produces")),
+        )
+        variants.append(create_model(
+            f"Check_{name}", __base__=Strict,
+            id=(str, Field(pattern=r"^[a-z][a-z0-9_.-]*$", description="unique id of this check")),
+            validator=(Literal[name], ...),
+            params=(cls.Params, Field(default_factory=cls.Params)),
+            rules=(list[rule], Field(default_factory=list)),
+        ))
+    if not variants:
+        raise ConfigError("no validator is installed in the 'gate.validators' entry-point group")
+    check = Annotated[Union[tuple(variants)], Field(discriminator="validator")]
+
+    class _Spec(SpecBase):
+        checks: list[check] = Field(min_length=1)  # type: ignore[valid-type]
+
+        @model_validator(mode="after")
+        def _unique_ids(self):
+            ids = [c.id for c in self.checks]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate check ids: {', '.join(dupes)}")
+            return self
+
+    _Spec.__name__ = "Spec"
+    return create_model("Policy", __base__=PolicyBase, spec=(_Spec, ...))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedPolicy:
+    model: Any  # an instance of the class from build_policy_model
+    path: Path
+    text: str
+    rule_lines: dict[tuple[int, int], int | None] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def _line_of(doc: Any, loc: tuple) -> int | None:
+    """Walk ruamel's round-trip tree along a pydantic error location; the deepest line found wins."""
+    node, line = doc, None
+    for part in loc:
+        lc = getattr(node, "lc", None)
+        try:
+            if isinstance(part, int) and isinstance(node, list):
+                if lc is not None:
+                    line = lc.item(part)[0] + 1
+                node = node[part]
+            elif isinstance(node, dict) and part in node:
+                if lc is not None:
+                    line = lc.key(part)[0] + 1
+                node = node[part]
+            # anything else is a union tag that pydantic inserted: stay on this node
+        except (KeyError, IndexError, TypeError):
+            break
+    if line is None and getattr(doc, "lc", None) is not None:
+        line = doc.lc.line + 1
+    return line
+
+
+def _loc_path(loc: tuple, doc: Any) -> tuple:
+    """Drop the discriminator tags pydantic adds (``checks.0.memorization.params``)."""
+    out, node = [], doc
+    for part in loc:
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part); node = node[part]
+        elif isinstance(node, dict) and part in node:
+            out.append(part); node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part not in node and "validator" in node \
+                and node.get("validator") == part:
+            continue
+        else:
+            out.append(part); node = None
+    return tuple(out)
+
+
+def load_policy(path: Path, registry: ValidatorRegistry) -> LoadedPolicy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read policy: {exc.strerror or exc}") from exc
+    try:
+        doc = YAML(typ="rt").load(io.StringIO(text))
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}:1: a policy is a YAML mapping with apiVersion, kind, metadata, spec")
+
+    # Name the validator problem before pydantic turns it into a bare union-tag error.
+    checks = (doc.get("spec") or {}).get("checks") if isinstance(doc.get("spec"), dict) else None
+    for i, check in enumerate(checks if isinstance(checks, list) else []):
+        name = check.get("validator") if isinstance(check, dict) else None
+        if isinstance(name, str) and name not in registry.validators:
+            line = _line_of(doc, ("spec", "checks", i, "validator"))
+            try:
+                registry.get(name)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}:{line}: spec.checks.{i}.validator: {exc}") from None
+
+    model_cls = build_policy_model(registry)
+    try:
+        model = model_cls.model_validate(_plain(doc))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = _loc_path(tuple(err["loc"]), doc)
+            where = ".".join(str(p) for p in loc) or "(top)"
+            lines.append(f"{path}:{_line_of(doc, loc)}: {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    rule_lines = {(i, j): _line_of(doc, ("spec", "checks", i, "rules", j))
+                  for i, check in enumerate(model.spec.checks) for j in range(len(check.rules))}
+    return LoadedPolicy(model=model, path=path, text=text, rule_lines=rule_lines)
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's commented containers and scalar subclasses as plain Python values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def policy_json_schema(registry: ValidatorRegistry) -> dict:
+    schema = build_policy_model(registry).model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gate ValidationPolicy (gate/v1)"
+    return schema

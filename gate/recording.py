@@ -1,0 +1,46 @@
+"""Recording a validation in MLflow: a run in experiment ``gate`` holding the reports, and tags on the
+model version. Promotion (setting an alias) lives here too and happens only on a pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gate.registry import ModelRef, client_for, default_artifact_root
+from gate.report import Report
+
+EXPERIMENT = "gate"
+
+
+def start_validation_run(ref: ModelRef, tracking_uri: str, policy_name: str) -> str:
+    client = client_for(tracking_uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        EXPERIMENT, artifact_location=default_artifact_root(tracking_uri) and
+        default_artifact_root(tracking_uri) + "/gate")
+    run = client.create_run(exp_id, run_name=f"validate-{ref.name}-v{ref.version}",
+                            tags={"gate.model": ref.name, "gate.version": ref.version, "gate.policy": policy_name})
+    return run.info.run_id
+
+
+def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report: Report, report_sha256: str,
+                          out_dir: Path) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    client = client_for(tracking_uri)
+    import time
+
+    ts = int(time.time() * 1000)
+    metrics = [Metric(f"{c.id}.{k}", float(v), ts, 0) for c in report.checks for k, v in c.metrics.items()
+               if v is not None]
+    tags = [RunTag("gate.verdict", report.verdict), RunTag("gate.report_sha256", report_sha256)]
+    client.log_batch(run_id, metrics=metrics, tags=tags)
+    client.log_artifacts(run_id, str(out_dir), artifact_path="gate")
+    client.set_terminated(run_id, "FINISHED" if report.verdict != "error" else "FAILED")
+    policy = f"{report.provenance.policy_name}@sha256:{report.provenance.policy_sha256[:12]}"
+    for key, value in (("gate.verdict", report.verdict), ("gate.report_sha256", report_sha256),
+                       ("gate.run_id", run_id), ("gate.policy", policy)):
+        client.set_model_version_tag(ref.name, ref.version, key, value)
+
+
+def promote(ref: ModelRef, tracking_uri: str, alias: str) -> None:
+    client_for(tracking_uri).set_registered_model_alias(ref.name, alias, ref.version)

@@ -1,0 +1,102 @@
+"""Talking to an MLflow registry with explicit URIs: resolving candidates, tagging, promoting."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from gate.errors import InputError
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))$")
+
+
+def resolve_tracking_uri(explicit: str | None, workdir: Path | None = None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else an embedded sqlite store under ``.gate/``."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = (workdir or Path.cwd()) / ".gate"
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def default_artifact_root(tracking_uri: str) -> str | None:
+    """Keep artifacts of the embedded store beside its database rather than in ./mlruns."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    source: str
+    run_id: str | None
+    uri: str  # as the user gave it
+
+    @property
+    def version_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def client_for(tracking_uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def resolve_model(uri: str, tracking_uri: str) -> ModelRef:
+    m = MODEL_URI.match(uri)
+    if not m:
+        raise InputError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    client = client_for(tracking_uri)
+    try:
+        if m["alias"]:
+            mv = client.get_model_version_by_alias(m["name"], m["alias"])
+        else:
+            mv = client.get_model_version(m["name"], m["version"])
+    except Exception as exc:  # noqa: BLE001 - mlflow raises several types for these
+        raise InputError(f"{uri}: {_mlflow_reason(exc, tracking_uri)}") from None
+    return ModelRef(name=mv.name, version=str(mv.version), source=mv.source, run_id=mv.run_id, uri=uri)
+
+
+def load_generator(ref: ModelRef, tracking_uri: str):
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # pyfunc.load_model resolves models:/ through the global URI
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(ref.version_uri)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{ref.uri}: cannot load the generator: {type(exc).__name__}: {exc}") from None
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+def _mlflow_reason(exc: Exception, tracking_uri: str) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+        return f"no such model version in {tracking_uri} ({text})"
+    if any(s in str(exc) for s in ("Connection", "Max retries", "refused", "API request")):
+        return f"MLflow server at {tracking_uri} is unreachable ({text[:200]})"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Fail fast (one line, exit 2) when an HTTP tracking server does not answer."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=10) as resp:
+            resp.read()
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{tracking_uri}: MLflow server is unreachable ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,17 @@
+"""Self-contained HTML: inline CSS and inline PNGs, nothing fetched by the browser."""
+
+from __future__ import annotations
+
+import base64
+
+import jinja2
+
+from gate.report import Report
+from gate.validators import Figure
+
+
+def render_html(report: Report, figures: dict[str, list[Figure]]) -> str:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("gate.render", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env.filters["b64"] = lambda data: base64.b64encode(data).decode()
+    return env.get_template("report.html.j2").render(r=report, p=report.provenance, figures=figures)

@@ -1,0 +1,67 @@
+"""Rule evaluation. gate computes the verdict itself; Great Expectations re-checks every rule over the
+per-sample tables (one expectation per rule) and its validation result is kept as evidence."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from gate.report import RuleOutcome
+from gate.validators import MetricDef
+
+
+def evaluate_rule(check_id: str, rule: Any, metric: MetricDef, table: pd.DataFrame, line: int | None) -> RuleOutcome:
+    value = metric.compute(table)
+    return RuleOutcome(
+        check_id=check_id, metric=rule.metric, bounds=rule.bounds(), condition=rule.describe(),
+        severity=rule.severity, value=None if math.isnan(value) else value, passed=rule.holds(value), line=line)
+
+
+def _expectation(rule: RuleOutcome, metric: MetricDef, meta: dict):
+    import great_expectations.expectations as gxe
+
+    cls = {"mean": gxe.ExpectColumnMeanToBeBetween, "max": gxe.ExpectColumnMaxToBeBetween,
+           "min": gxe.ExpectColumnMinToBeBetween}[metric.aggregate]
+    b = rule.bounds
+    kwargs: dict[str, Any] = {"column": metric.column, "meta": meta}
+    lower = [(v, k == "gt") for k, v in b.items() if k in ("gt", "gte")]
+    upper = [(v, k == "lt") for k, v in b.items() if k in ("lt", "lte")]
+    if lower:
+        v, strict = max(lower)  # the tighter bound; a strict one wins a tie
+        kwargs.update(min_value=v, strict_min=strict)
+    if upper:
+        v, strict = min(upper, key=lambda t: (t[0], not t[1]))
+        kwargs.update(max_value=v, strict_max=strict)
+    return cls(**kwargs)
+
+
+def gx_check(tables: dict[str, pd.DataFrame], outcomes: list[RuleOutcome],
+             metrics: dict[tuple[str, str], MetricDef]) -> dict[str, Any]:
+    """Run one GX suite per check table; set ``gx_success`` on each outcome; return the evidence."""
+    import logging
+
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_pandas(name="gate")
+    evidence: dict[str, Any] = {"great_expectations_version": gx.__version__, "suites": {}}
+    for check_id, table in tables.items():
+        rules = [o for o in outcomes if o.check_id == check_id]
+        if not rules:
+            continue
+        batch = source.add_dataframe_asset(name=check_id).add_batch_definition_whole_dataframe(name="all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"gate-{check_id}"))
+        for i, rule in enumerate(rules):
+            suite.add_expectation(_expectation(rule, metrics[(check_id, rule.metric)], {"rule_index": i}))
+        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"vd-{check_id}", data=batch, suite=suite))
+        result = vd.run(batch_parameters={"dataframe": table}, result_format="SUMMARY")
+        for r in result.results:
+            rules[int(r.expectation_config.meta["rule_index"])].gx_success = bool(r.success)
+        evidence["suites"][check_id] = json.loads(json.dumps(result.to_json_dict(), default=float))
+    return evidence

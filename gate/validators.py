@@ -1,0 +1,147 @@
+"""The validator contract and its discovery through the ``gate.validators`` entry-point group.
+
+A validator is a class with:
+
+- ``name``: the id a policy uses in ``validator:``;
+- ``Params``: a pydantic model of its ``params`` (``extra="forbid"``; every field has a default);
+- ``metrics``: the set-level metrics it produces, each a :class:`MetricDef` saying how the value is
+  derived from the per-sample table, so that rules can be checked over that table independently;
+- ``columns``: the columns of its per-sample table (``sample_id`` first);
+- ``run(context, params) -> CheckOutput``.
+
+Raising inside ``run`` means "not validated": the check is recorded as an error and the verdict blocks.
+Raise :class:`gate.errors.InputError` for bad input so that the message names the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import math
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from gate.errors import ConfigError
+from gate.imageset import ImageSet
+
+ENTRY_POINT_GROUP = "gate.validators"
+
+Aggregate = Literal["mean", "max", "min"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricDef:
+    """A set-level metric: ``aggregate`` of ``column`` over the per-sample table."""
+
+    name: str
+    column: str
+    aggregate: Aggregate
+    description: str
+
+    def compute(self, table: pd.DataFrame) -> float:
+        values = pd.to_numeric(table[self.column], errors="coerce").to_numpy(dtype=float)
+        if values.size == 0 or not np.isfinite(values).all():
+            return math.nan  # a rule over a NaN never passes
+        return float(getattr(np, self.aggregate)(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A PNG the validator wants in the HTML report."""
+
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclasses.dataclass
+class CheckContext:
+    """What a validator gets to look at. All image sets are float32 [n, H, W]."""
+
+    candidate: ImageSet
+    train: ImageSet
+    holdout: ImageSet | None
+    seed: int
+    batch_size: int
+    cache_dir: Path
+    progress: Callable[[str, int], Callable[[int], None]] = lambda _desc, _total: (lambda _n: None)
+
+
+@dataclasses.dataclass
+class CheckOutput:
+    """``table`` holds one row per candidate sample with the validator's declared ``columns``."""
+
+    table: pd.DataFrame
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    figures: list[Figure] = dataclasses.field(default_factory=list)
+
+
+@runtime_checkable
+class Validator(Protocol):
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+    metrics: ClassVar[tuple[MetricDef, ...]]
+    columns: ClassVar[tuple[str, ...]]
+
+    def run(self, context: CheckContext, params: BaseModel) -> CheckOutput: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedValidator:
+    name: str
+    cls: type
+    distribution: str
+    version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidatorRegistry:
+    """What the installed entry points offer: the validators that loaded and the ones that did not."""
+
+    validators: dict[str, LoadedValidator]
+    failures: dict[str, str]
+
+    def get(self, name: str) -> LoadedValidator:
+        if name in self.validators:
+            return self.validators[name]
+        if name in self.failures:
+            raise ConfigError(f"validator '{name}' failed to load: {self.failures[name]}")
+        known = ", ".join(sorted(self.validators)) or "none"
+        raise ConfigError(f"validator '{name}' is not installed (installed: {known})")
+
+
+def check_validator_class(cls: type) -> None:
+    """Raise ``TypeError`` naming what a validator class lacks."""
+    missing = [a for a in ("name", "Params", "metrics", "columns", "run") if not hasattr(cls, a)]
+    if missing:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} lacks {', '.join(missing)}")
+    if not (isinstance(cls.Params, type) and issubclass(cls.Params, BaseModel)):
+        raise TypeError(f"{cls.__qualname__}.Params is not a pydantic model")
+    unknown = [m.column for m in cls.metrics if m.column not in cls.columns]
+    if unknown:
+        raise TypeError(f"{cls.__qualname__} derives metrics from undeclared columns {unknown}")
+    if not cls.columns or cls.columns[0] != "sample_id":
+        raise TypeError(f"{cls.__qualname__}.columns must start with 'sample_id'")
+
+
+def discover(group: str = ENTRY_POINT_GROUP) -> ValidatorRegistry:
+    """Load every entry point of ``group``; a broken one is remembered with its cause, not skipped."""
+    loaded: dict[str, LoadedValidator] = {}
+    failures: dict[str, str] = {}
+    for ep in importlib.metadata.entry_points(group=group):
+        dist = ep.dist.name if ep.dist else "?"
+        try:
+            cls = ep.load()
+            check_validator_class(cls)
+            if cls.name != ep.name:
+                raise TypeError(f"entry point '{ep.name}' loads a validator named '{cls.name}'")
+        except Exception as exc:  # noqa: BLE001 - any import failure is reported, never hidden
+            failures[ep.name] = f"{ep.value} (from {dist}): {type(exc).__name__}: {exc}"
+            continue
+        loaded[ep.name] = LoadedValidator(ep.name, cls, dist, ep.dist.version if ep.dist else "?")
+    return ValidatorRegistry(loaded, failures)

@@ -1,0 +1,1 @@
+"""gate's built-in validators, installed as ``gate_plugins`` and registered by entry point."""

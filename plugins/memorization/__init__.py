@@ -1,0 +1,1 @@
+"""Memorization validator: the Calibrated Memorization Index (Deo et al. 2026)."""

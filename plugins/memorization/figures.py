@@ -1,0 +1,53 @@
+"""PNG figures for the report: MI/ONI against the null, and the most similar candidate/train pairs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def histograms(mi: np.ndarray, null_mi: np.ndarray, threshold: float) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    lo = float(min(mi.min(), null_mi.min()))
+    hi = float(max(mi.max(), null_mi.max(), threshold))
+    bins = np.linspace(lo, hi + 1e-9, 40)
+    axes[0].hist(null_mi, bins=bins, alpha=0.5, density=True, label="null (train half vs half)")
+    axes[0].hist(mi, bins=bins, alpha=0.6, density=True, label="candidate")
+    axes[0].axvline(threshold, color="red", lw=1, label=f"mi_threshold {threshold:g}")
+    axes[0].set_xlabel("MI (z-score)"); axes[0].legend(fontsize=7)
+    axes[1].hist(-np.tanh(null_mi), bins=40, range=(-1, 1), alpha=0.5, density=True, label="null")
+    axes[1].hist(-np.tanh(mi), bins=40, range=(-1, 1), alpha=0.6, density=True, label="candidate")
+    axes[1].set_xlabel("ONI (-1 copy, +1 novel)"); axes[1].legend(fontsize=7)
+    return _png(fig)
+
+
+def top_pairs(candidate: np.ndarray, train: np.ndarray, pairs: list[tuple[int, int, float, str, str]]) -> bytes:
+    """``pairs``: (candidate row, train row, similarity, candidate id, train id), most similar first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(pairs), 1)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    for j, (ci, ti, sim, cid, tid) in enumerate(pairs):
+        axes[0, j].imshow(candidate[ci], cmap="gray"); axes[0, j].set_title(f"{cid}\ns={sim:.3f}", fontsize=6)
+        axes[1, j].imshow(train[ti], cmap="gray"); axes[1, j].set_title(tid, fontsize=6)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return _png(fig)
