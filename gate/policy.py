@@ -54,7 +54,7 @@ class RuleBase(Strict):
         return self
 
     def bounds(self) -> dict[str, float]:
-        return {k: v for k, v in (("lt", self.lt), ("lte", self.lte), ("gt", self.gt), ("gte", self.gte))
+        return {k: v for k, v in (("gt", self.gt), ("gte", self.gte), ("lt", self.lt), ("lte", self.lte))
                 if v is not None}
 
     def holds(self, value: float) -> bool:

@@ -1,0 +1,75 @@
+"""Shared fixtures: small real-MRI folders built from the nilearn MNI152 template (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_slices(folder: Path, images: np.ndarray, ids: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for img, sid in zip(images, ids):
+        np.save(folder / f"{sid}.npy", img.astype(np.float32))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mri(tmp_path_factory):
+    """Folders of real-template slices: train (4 subjects x 24 slices), holdout (2 x 12), novel candidates (2 other
+    subjects) and copies (noised, rescaled train slices)."""
+    from gate_plugins.mri.subjects import subject_slices
+
+    root = tmp_path_factory.mktemp("mri")
+    train, train_ids = subject_slices(range(1, 5), 24)
+    holdout, holdout_ids = subject_slices(range(201, 203), 12)
+    novel, novel_ids = subject_slices(range(301, 303), 12)
+    rng = np.random.default_rng(7)
+    pick = rng.choice(len(train), 24, replace=False)
+    copies = np.clip(train[pick] * rng.uniform(0.95, 1.05, (24, 1, 1)) + rng.normal(0, 0.005, train[pick].shape), 0, 1)
+    return {
+        "root": root,
+        "train": save_slices(root / "train", train, train_ids),
+        "holdout": save_slices(root / "holdout", holdout, holdout_ids),
+        "novel": save_slices(root / "novel", novel, novel_ids),
+        "copies": save_slices(root / "copies", copies, [f"copy_of_{train_ids[i]}" for i in pick]),
+        "train_images": train,
+    }
+
+
+def write_policy(path: Path, train: Path, holdout: Path | None = None, *, mode: str = "enforce",
+                 params: str = "{}", rules: str | None = None, n_samples: int = 16) -> Path:
+    rules = rules if rules is not None else """
+        - metric: fraction_flagged
+          lte: 0.05
+          severity: block"""
+    holdout_line = f"\n    holdout: {holdout}" if holdout else ""
+    path.write_text(f"""apiVersion: gate/v1
+kind: ValidationPolicy
+metadata:
+  name: test-policy
+  owner: tests
+spec:
+  mode: {mode}
+  candidate:
+    n_samples: {n_samples}
+    seed: 0
+    batch_size: 8
+  data:
+    train: {train}{holdout_line}
+  checks:
+    - id: memorization
+      validator: memorization
+      params: {params}
+      rules:{rules if rules.strip() else " []"}
+""")
+    return path

@@ -1,0 +1,130 @@
+"""``gate validate --samples``: verdicts, exit codes and every report file, on real-template MRI."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO, write_policy
+from gate.cli import app
+
+runner = CliRunner()
+
+
+def gate(*args):
+    return runner.invoke(app, list(map(str, args)))
+
+
+@pytest.fixture
+def policy(tmp_path, mri):
+    return write_policy(tmp_path / "policy.yaml", mri["train"], mri["holdout"])
+
+
+def test_copies_are_blocked_and_every_report_is_written(tmp_path, mri, policy, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    res = gate("validate", "--policy", policy, "--samples", mri["copies"], "--out", out, "--quiet")
+    assert res.exit_code == 1, res.output
+    assert "FAIL" in res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"] == "fail" and report["blocking"] is True
+    check = report["checks"][0]
+    assert check["metrics"]["fraction_flagged"] > 0.5
+    assert check["rules"][0]["passed"] is False and check["rules"][0]["gx_success"] is False
+    prov = report["provenance"]
+    assert prov["policy_sha256"] and prov["libraries"]["mlflow"] and prov["seeds"]["candidate"] == 0
+    assert {d["name"] for d in prov["data"]} == {"train", "holdout", "candidate"}
+    assert all(len(f["sha256"]) == 64 for d in prov["data"] for f in d["files"])
+    assert len(check["provenance"]["extractor_weights_sha256"]) == 64
+    table = pd.read_csv(out / "samples" / "memorization.csv")
+    assert list(table.columns[:6]) == ["sample_id", "similarity", "mi", "oni", "nn_train_id", "consensus"]
+    # each copy's nearest train image is its source
+    assert (table["nn_train_id"] == table["sample_id"].str.replace("copy_of_", "")).mean() > 0.9
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "1" and suite.get("failures") == "1"
+    html = (out / "report.html").read_text()
+    assert "FAIL" in html and "data:image/png;base64," in html
+    assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
+    assert "❌" in (out / "summary.md").read_text()
+    gx = json.loads((out / "gx_validation.json").read_text())
+    assert gx["suites"]["memorization"]["success"] is False
+    assert not list(out.glob(".staging-*"))
+
+
+def test_novel_samples_pass(tmp_path, mri, policy, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = gate("validate", "--policy", policy, "--samples", mri["novel"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"] == "pass"
+    assert report["checks"][0]["metrics"]["fraction_flagged"] <= 0.05
+
+
+def test_audit_mode_records_but_does_not_block(tmp_path, mri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], mode="audit")
+    res = gate("validate", "--policy", policy, "--samples", mri["copies"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"] == "fail" and report["blocking"] is False
+
+
+def test_validator_error_fails_closed_with_exit_3(tmp_path, mri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], params="{extractor: mri-core}")
+    res = gate("validate", "--policy", policy, "--samples", mri["novel"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 3, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"] == "error" and report["blocking"] is True
+    assert "MRI-CORE checkpoint not found" in report["checks"][0]["error"]
+    assert ET.parse(tmp_path / "out" / "junit.xml").getroot().find("testsuite").get("errors") == "1"
+
+
+def test_no_rules_only_records(tmp_path, mri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], rules="")
+    res = gate("validate", "--policy", policy, "--samples", mri["copies"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["checks"][0]["rules"] == [] and report["checks"][0]["metrics"]["mi_max"] > 3
+
+
+@pytest.mark.parametrize("case", ["nan", "size", "empty", "policy_key"])
+def test_bad_input_is_one_line_exit_2_and_no_report(tmp_path, mri, policy, monkeypatch, case):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    if case == "nan":
+        img = np.load(next(mri["novel"].glob("*.npy")))
+        img[5, 5] = np.nan
+        np.save(samples / "broken.npy", img)
+        expect = "broken.npy: 1 non-finite"
+    elif case == "size":
+        np.save(samples / "small.npy", np.zeros((64, 64), np.float32))
+        expect = "candidate images are 64x64 but train images are 128x128"
+    elif case == "empty":
+        expect = "holds no images"
+    else:
+        policy.write_text(policy.read_text().replace("    seed: 0", "    sed: 0"))
+        np.save(samples / "x.npy", np.zeros((128, 128), np.float32))
+        expect = f"{policy}:10: spec.candidate.sed: Extra inputs are not permitted"
+    res = gate("validate", "--policy", policy, "--samples", samples, "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gate: error:") and expect in lines[0], res.output
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_schema_command_prints_the_committed_schema():
+    res = gate("schema")
+    assert res.exit_code == 0
+    assert json.loads(res.output) == json.loads((REPO / "policies" / "policy.schema.json").read_text())
+
+
+def test_needs_exactly_one_candidate(tmp_path, policy):
+    res = gate("validate", "--policy", policy, "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "exactly one candidate" in res.output

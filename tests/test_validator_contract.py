@@ -1,0 +1,80 @@
+"""One contract, run over every validator registered in the ``gate.validators`` entry-point group:
+a new plugin is checked the moment it is installed."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from gate.errors import GateError
+from gate.imageset import ImageSet
+from gate.validators import CheckContext, discover
+
+REGISTRY = discover()
+NAMES = sorted(REGISTRY.validators)
+
+
+def test_every_entry_point_loads():
+    assert REGISTRY.failures == {}
+    assert "memorization" in NAMES
+
+
+@pytest.fixture(scope="module")
+def small_sets(mri):
+    from gate.imageio import read_image_folder
+
+    train = read_image_folder(mri["train"], "train")
+    cand = read_image_folder(mri["copies"], "candidate")
+    cand = ImageSet("candidate", cand.ids[:12], cand.images[:12])
+    return train, cand
+
+
+def _context(train, cand, tmp_path, seed=0):
+    return CheckContext(candidate=cand, train=train, holdout=None, seed=seed, batch_size=8, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_params_model_is_strict_and_defaults_are_valid(name):
+    cls = REGISTRY.validators[name].cls
+    assert issubclass(cls.Params, BaseModel)
+    cls.Params()  # every param has a default
+    with pytest.raises(ValidationError):
+        cls.Params(no_such_param=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_metrics_and_columns(name):
+    cls = REGISTRY.validators[name].cls
+    assert cls.name == name
+    assert cls.columns[0] == "sample_id"
+    names = [m.name for m in cls.metrics]
+    assert names and len(names) == len(set(names))
+    assert all(m.column in cls.columns and m.description for m in cls.metrics)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_is_deterministic_for_a_seed_and_matches_the_declaration(name, small_sets, tmp_path):
+    cls = REGISTRY.validators[name].cls
+    train, cand = small_sets
+    a = cls().run(_context(train, cand, tmp_path), cls.Params())
+    b = cls().run(_context(train, cand, tmp_path), cls.Params())
+    assert list(a.table.columns[: len(cls.columns)]) == list(cls.columns)
+    assert a.table["sample_id"].tolist() == list(cand.ids)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    for m in cls.metrics:
+        assert np.isfinite(m.compute(a.table))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_raises_a_clear_error(name, small_sets, tmp_path):
+    cls = REGISTRY.validators[name].cls
+    train, cand = small_sets
+    tiny = ImageSet("train", train.ids[:2], train.images[:2])
+    with pytest.raises(GateError, match="train"):
+        cls().run(_context(tiny, cand, tmp_path), cls.Params())
+    bad = cand.images.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(GateError, match="non-finite"):
+        cls().run(_context(train, ImageSet("candidate", cand.ids, bad), tmp_path), cls.Params())
