@@ -27,7 +27,8 @@ out = Console()
 def _quiet_env() -> None:
     # no telemetry, no hub downloads: gate never needs the network beyond the tracking server
     for key, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
-                       ("GX_ANALYTICS_ENABLED", "false"), ("MLFLOW_ENABLE_LOGGED_MODEL_CREATION_NOTIFICATION", "false")):
+                       ("GX_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("MLFLOW_ENABLE_LOGGED_MODEL_CREATION_NOTIFICATION", "false")):
         os.environ.setdefault(key, value)
 
 

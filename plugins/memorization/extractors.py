@@ -34,17 +34,18 @@ def minmax(images: np.ndarray) -> np.ndarray:
 
 
 def preprocess(images: np.ndarray, prefilter_sigma: float) -> np.ndarray:
-    """Min-max to [0, 1], then an optional Gaussian low-pass of ``prefilter_sigma`` pixels.
+    """An optional Gaussian low-pass of ``prefilter_sigma`` pixels, then min-max to [0, 1].
 
     The low-pass keeps the features on anatomy rather than on pixel noise: a copy with added noise
     shares the anatomy of its source, and spatially pooled features are otherwise dominated by the
-    noise's high-frequency energy (measured in the README's extractor table)."""
-    x = minmax(images)
+    noise's high-frequency energy (measured in the README's extractor table). It comes first so that
+    noise extremes do not set the min-max range."""
+    x = np.asarray(images, dtype=np.float32)
     if prefilter_sigma > 0:
         from scipy import ndimage as ndi
 
         x = np.stack([ndi.gaussian_filter(img, prefilter_sigma, mode="nearest") for img in x]).astype(np.float32)
-    return x
+    return minmax(x)
 
 
 def _sha256(path: Path) -> str:

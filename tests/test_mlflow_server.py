@@ -1,0 +1,158 @@
+"""End to end against a real ``mlflow server`` (sqlite backend) on 127.0.0.1: an honest generator is
+promoted, a copying one is refused, and bad references fail with one line and exit code 2."""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_policy
+from gate.cli import app
+from gate.generator import ImageGenerator, log_generator
+from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
+
+runner = CliRunner()
+NAME = "brain-gen"
+
+
+class WrongShapeGenerator(ImageGenerator):
+    def generate(self, n, seed):
+        return np.zeros((n, 3, 128, 128), np.float32)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env=env, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+        time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def versions(server, mri, tmp_path_factory):
+    slices = tmp_path_factory.mktemp("art") / "train_slices.npy"
+    np.save(slices, mri["train_images"])
+    honest, _ = log_generator(NovelSubjectGenerator(), NAME, tracking_uri=server)
+    copier, _ = log_generator(CopyingGenerator(), NAME, tracking_uri=server, artifacts={"train_slices": str(slices)})
+    broken, _ = log_generator(WrongShapeGenerator(), "broken-gen", tracking_uri=server)
+    return {"honest": honest.version, "copier": copier.version, "broken": broken.version}
+
+
+@pytest.fixture
+def policy(tmp_path, mri):
+    return write_policy(tmp_path / "policy.yaml", mri["train"], mri["holdout"], n_samples=16)
+
+
+def gate(*args):
+    return runner.invoke(app, list(map(str, args)))
+
+
+def test_honest_generator_is_promoted_and_copier_refused(server, versions, policy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
+
+    res = gate("promote", "--model", f"models:/{NAME}/{versions['honest']}", "--tracking-uri", server,
+               "--policy", policy, "--out", tmp_path / "honest", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "promoted" in res.output
+    assert client.get_registered_model(NAME).aliases == {"champion": str(versions["honest"])}
+    tags = client.get_model_version(NAME, str(versions["honest"])).tags
+    assert tags["gate.verdict"] == "pass"
+    assert tags["gate.report_sha256"] == hashlib.sha256((tmp_path / "honest" / "report.json").read_bytes()).hexdigest()
+    assert tags["gate.policy"].startswith("test-policy@sha256:")
+    run = client.get_run(tags["gate.run_id"])
+    assert run.data.tags["gate.verdict"] == "pass" and "memorization.fraction_flagged" in run.data.metrics
+    assert client.get_experiment(run.info.experiment_id).name == "gate"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "gate")}
+    assert {"gate/report.json", "gate/report.html", "gate/junit.xml", "gate/summary.md", "gate/samples"} <= logged
+    report = json.loads((tmp_path / "honest" / "report.json").read_text())
+    assert report["provenance"]["model"]["version"] == str(versions["honest"])
+    assert report["provenance"]["model"]["source"].startswith("models:/")
+    assert report["provenance"]["mlflow_run_id"] == run.info.run_id
+
+    res = gate("promote", "--model", f"models:/{NAME}/{versions['copier']}", "--tracking-uri", server,
+               "--policy", policy, "--out", tmp_path / "copier", "--quiet")
+    assert res.exit_code == 1, res.output
+    assert "refused" in res.output
+    assert client.get_registered_model(NAME).aliases == {"champion": str(versions["honest"])}
+    assert client.get_model_version(NAME, str(versions["copier"])).tags["gate.verdict"] == "fail"
+
+    # an alias resolves to its version
+    res = gate("validate", "--model", f"models:/{NAME}@champion", "--tracking-uri", server, "--policy", policy,
+               "--out", tmp_path / "alias", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "alias" / "report.json").read_text())["provenance"]["model"]["version"] == \
+        str(versions["honest"])
+
+
+def _one_error_line(res):
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("gate: error:"), res.output
+    return lines[0]
+
+
+def test_missing_version_is_one_line(server, versions, policy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error_line(gate("validate", "--model", f"models:/{NAME}/999", "--tracking-uri", server,
+                                "--policy", policy, "--out", tmp_path / "o", "--quiet"))
+    assert f"models:/{NAME}/999" in line
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_unreachable_server_is_one_line(policy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{_free_port()}"
+    line = _one_error_line(gate("validate", "--model", f"models:/{NAME}/1", "--tracking-uri", uri,
+                                "--policy", policy, "--out", tmp_path / "o", "--quiet"))
+    assert uri in line and "unreachable" in line
+
+
+def test_generator_breaking_the_contract_is_refused(server, versions, policy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error_line(gate("promote", "--model", f"models:/broken-gen/{versions['broken']}",
+                                "--tracking-uri", server, "--policy", policy, "--out", tmp_path / "o", "--quiet"))
+    assert "generator batch 0" in line and "(8, 3, 128, 128)" in line
+    client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
+    assert client.get_registered_model("broken-gen").aliases == {}
