@@ -42,5 +42,16 @@ def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report:
         client.set_model_version_tag(ref.name, ref.version, key, value)
 
 
+def abandon_validation_run(ref: ModelRef, tracking_uri: str, run_id: str) -> None:
+    """Best effort after a crash: the run is FAILED and the version tagged ``error``."""
+    client = client_for(tracking_uri)
+    try:
+        client.set_tag(run_id, "gate.verdict", "error")
+        client.set_terminated(run_id, "FAILED")
+        client.set_model_version_tag(ref.name, ref.version, "gate.verdict", "error")
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
+
+
 def promote(ref: ModelRef, tracking_uri: str, alias: str) -> None:
     client_for(tracking_uri).set_registered_model_alias(ref.name, alias, ref.version)

@@ -37,20 +37,15 @@ class Result:
     model: ModelRef | None
     promoted: bool
     tracking_uri: str | None
+    promote_requested: bool = False
 
     @property
     def exit_code(self) -> ExitCode:
         if self.report.verdict == "error":
             return ExitCode.VALIDATOR_ERROR
-        if self.promote_requested_and_refused or (self.report.verdict == "fail" and self.report.blocking):
+        if (self.promote_requested and not self.promoted) or (self.report.verdict == "fail" and self.report.blocking):
             return ExitCode.BLOCKED
         return ExitCode.PASS
-
-    @property
-    def promote_requested_and_refused(self) -> bool:
-        return self._promote_requested and not self.promoted
-
-    _promote_requested: bool = False
 
 
 def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n: None),
@@ -81,10 +76,15 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
     from gate import recording
 
     run_id = recording.start_validation_run(ref, tracking_uri, inputs.policy.model.metadata.name) if ref else None
-    outcome = run(inputs, candidate, cache_dir=Path(".gate") / "cache", model_info=model_info,
-                  samples_dir=req.samples, candidate_folder=req.samples, mlflow_run_id=run_id,
-                  tracking_uri=tracking_uri, progress=progress)
-    sha = write_reports(outcome, req.out)
+    try:
+        outcome = run(inputs, candidate, cache_dir=Path(".gate") / "cache", model_info=model_info,
+                      samples_dir=req.samples, candidate_folder=req.samples, mlflow_run_id=run_id,
+                      tracking_uri=tracking_uri, progress=progress)
+        sha = write_reports(outcome, req.out)
+    except BaseException:
+        if run_id:  # never leave a validation run looking as if it were still going
+            recording.abandon_validation_run(ref, tracking_uri, run_id)
+        raise
     promoted = False
     if ref:
         try:
@@ -96,4 +96,4 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
             raise ValidatorError(f"{tracking_uri}: could not record the validation in MLflow "
                                  f"({type(exc).__name__}: {str(exc)[:300]}); nothing was promoted") from None
     return Result(outcome.report, sha, Path(req.out), ref, promoted, tracking_uri,
-                  _promote_requested=bool(req.promote_alias))
+                  promote_requested=bool(req.promote_alias))
