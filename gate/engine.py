@@ -165,7 +165,7 @@ def _verdict(results: list[CheckResult]) -> str:
 
 
 def _summary(verdict: str, results: list[CheckResult], mode: str) -> str:
-    failed = [f"{o.check_id}.{o.metric} = {o.value if o.value is not None else 'NaN'} (needs {o.condition})"
+    failed = [f"{o.check_id}.{o.metric} = {'NaN' if o.value is None else format(o.value, '.4g')} (needs {o.condition})"
               for r in results for o in r.rules if not o.passed and o.severity == "block"]
     errors = [f"{r.id}: {r.error}" for r in results if r.status == "error"]
     text = {"pass": "every blocking rule held",

@@ -36,10 +36,14 @@ class ImageSet:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def manifest_sha256(self) -> str:
-        """One digest for the whole set, independent of file order."""
+        """One digest for the whole set: of its files (independent of order), or, for images that
+        never were files (a generator's samples), of the pixel data itself."""
         import hashlib
 
         h = hashlib.sha256()
+        if not self.manifest:
+            h.update(np.ascontiguousarray(self.images, dtype=np.float32).tobytes())
+            return h.hexdigest()
         for entry in sorted(self.manifest, key=lambda e: e.path):
             h.update(f"{entry.path}\0{entry.sha256}\n".encode())
         return h.hexdigest()

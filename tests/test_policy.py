@@ -133,3 +133,11 @@ def test_rule_semantics():
     r = RuleBase(gt=0.0, lte=1.0)
     assert r.holds(0.5) and r.holds(1.0) and not r.holds(0.0) and not r.holds(float("nan"))
     assert r.describe() == "> 0 and <= 1"
+
+
+def test_every_key_of_the_default_policy_is_commented():
+    import re
+
+    for n, line in enumerate((REPO / "policies" / "default.yaml").read_text().splitlines(), 1):
+        if re.match(r"^\s*(- )?[A-Za-z_]+:", line):
+            assert "#" in line, f"default.yaml:{n} has no comment: {line.strip()}"
