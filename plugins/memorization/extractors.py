@@ -6,7 +6,6 @@ input convention) and returns ``{layer: [n, C_layer]}``. None of them downloads 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from gate.errors import ConfigError
+from gate.imageio import sha256_file
 
 
 class FeatureExtractor(Protocol):
@@ -46,14 +46,6 @@ def preprocess(images: np.ndarray, prefilter_sigma: float) -> np.ndarray:
 
         x = np.stack([ndi.gaussian_filter(img, prefilter_sigma, mode="nearest") for img in x]).astype(np.float32)
     return minmax(x)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _TorchExtractor:
@@ -131,7 +123,7 @@ class EfficientNetLite0Extractor(_TorchExtractor):
         self._std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
     def weights_sha256(self):
-        return _sha256(self._path)
+        return sha256_file(self._path)
 
     def _layers(self, batch):
         net = self._net
@@ -183,7 +175,7 @@ class MriCoreExtractor(_TorchExtractor):
             raise ConfigError(f"{self._path}: checkpoint lacks encoder weights {trunk_missing[:5]}")
 
     def weights_sha256(self):
-        return _sha256(self._path) if self._path else "random-init"
+        return sha256_file(self._path) if self._path else "random-init"
 
     def _layers(self, batch):
         x = torch.nn.functional.interpolate(batch, size=(self.image_size, self.image_size), mode="bilinear",
