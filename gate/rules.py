@@ -24,7 +24,7 @@ def _expectation(rule: RuleOutcome, metric: MetricDef, meta: dict):
     import great_expectations.expectations as gxe
 
     cls = {"mean": gxe.ExpectColumnMeanToBeBetween, "max": gxe.ExpectColumnMaxToBeBetween,
-           "min": gxe.ExpectColumnMinToBeBetween}[metric.aggregate]
+           "min": gxe.ExpectColumnMinToBeBetween, "sum": gxe.ExpectColumnSumToBeBetween}[metric.aggregate]
     b = rule.bounds
     kwargs: dict[str, Any] = {"column": metric.column, "meta": meta}
     lower = [(v, k == "gt") for k, v in b.items() if k in ("gt", "gte")]

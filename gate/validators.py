@@ -30,7 +30,7 @@ from gate.imageset import ImageSet
 
 ENTRY_POINT_GROUP = "gate.validators"
 
-Aggregate = Literal["mean", "max", "min"]
+Aggregate = Literal["mean", "max", "min", "sum"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -113,3 +113,61 @@ def test_nearest_matches_brute_force():
     brute = q @ ref.T
     assert np.array_equal(idx, brute.argmax(1))
     assert np.allclose(sim, brute.max(1), atol=1e-5)
+
+
+def test_conformal_p_values_rank_against_the_null():
+    null = np.array([0.1, 0.2, 0.3, 0.4])
+    p = maths.conformal_p_values(np.array([0.5, 0.3, 0.0]), null)
+    assert p.tolist() == [1 / 5, 3 / 5, 5 / 5]
+
+
+def test_conformal_p_values_are_uniform_for_exchangeable_draws():
+    rng = np.random.default_rng(8)
+    null = rng.standard_normal(2000)
+    p = maths.conformal_p_values(rng.standard_normal(20000), null)
+    assert abs(np.mean(p <= 0.05) - 0.05) < 0.006
+    assert abs(np.mean(p <= 0.2) - 0.2) < 0.01
+
+
+def test_benjamini_hochberg_step_up():
+    p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, 0.212, 0.216])
+    # the textbook example: at q = 0.05 the two smallest are discoveries (0.039 > 0.05 * 3 / 10)
+    assert maths.benjamini_hochberg(p, 0.05).tolist() == [True, True] + [False] * 8
+    # step-up: a p above its own line is still a discovery when a larger rank passes
+    assert maths.benjamini_hochberg(np.array([0.04, 0.045, 0.05]), 0.05).all()
+    assert not maths.benjamini_hochberg(np.array([0.5, 0.9]), 0.05).any()
+    assert maths.benjamini_hochberg(np.array([]), 0.05).shape == (0,)
+
+
+def test_copy_evidence_estimates_the_copied_fraction():
+    rng = np.random.default_rng(9)
+    novel = rng.uniform(size=4000)
+    assert abs(maths.copy_evidence(novel).mean()) < 0.05
+    mixed = np.r_[rng.uniform(size=3000), np.full(1000, 1e-4)]
+    assert abs(maths.copy_evidence(mixed).mean() - 0.25) < 0.05
+
+
+def test_transformed_reference_finds_flipped_copies_and_names_the_transform():
+    rng = np.random.default_rng(10)
+    n = 50
+    train = [rng.standard_normal((n, 16)) for _ in range(2)]
+    rot = np.linalg.qr(rng.standard_normal((16, 16)))[0]
+    flipped = [f @ rot for f in train]  # stands in for "features of the transformed images"
+    reference = [np.concatenate([f, g]) for f, g in zip(train, flipped)]
+    model = maths.MemorizationIndex().fit(train, reference, n_transforms=2)
+    s = model.score([g[:5] for g in flipped])
+    assert np.allclose(s.similarity, 1.0, atol=1e-4)
+    assert s.nn_transform[0].tolist() == [1] * 5
+    assert s.nn_index[0].tolist() == list(range(5))
+    with pytest.raises(ValueError, match="n_transforms"):
+        maths.MemorizationIndex().fit(train, reference, n_transforms=3)
+
+
+def test_holdout_calibration_replaces_the_null():
+    rng = np.random.default_rng(11)
+    train = [rng.standard_normal((80, 8)) for _ in range(2)]
+    holdout = [rng.standard_normal((40, 8)) for _ in range(2)]
+    model = maths.MemorizationIndex().fit(train, calibration_layers=holdout)
+    assert model.calibration_ == "holdout" and len(model.null_) == 40 and len(model.paper_null_) == 400
+    s = model.score([f[:3] for f in train])
+    assert np.allclose(s.p_value, 1 / 41)

@@ -86,22 +86,27 @@ def consensus(per_layer_nn: Sequence[np.ndarray]) -> np.ndarray:
     return 1 + sum((np.asarray(nn) == first).astype(np.int64) for nn in per_layer_nn[1:])
 
 
-def null_similarities(train_layers: Sequence[np.ndarray], n_splits: int = 10, seed: int = 1234) -> np.ndarray:
+def null_similarities(train_layers: Sequence[np.ndarray], n_splits: int = 10, seed: int = 1234,
+                      reference_layers: Sequence[np.ndarray] | None = None, n_transforms: int = 1) -> np.ndarray:
     """Eq. 5's sample: ``n_splits`` random splits of the train rows into disjoint halves A and B;
     each row of A gets its aggregated 1-NN similarity to B. All values pooled.
 
     ``train_layers`` are already whitened with the full-train whiteners (they are not re-fitted per split).
+    With ``reference_layers`` (``[n_transforms * N, C]``, transform-major: row ``t * N + i`` is train
+    row ``i`` under transform ``t``) B is searched under every transform, exactly as a query is.
     """
     n = len(train_layers[0])
     if n < 4:
         raise ValueError(f"the empirical null needs at least 4 train rows, got {n}")
+    reference_layers = train_layers if reference_layers is None else reference_layers
     rng = np.random.default_rng(seed)
     half = n // 2
     values = []
     for _ in range(n_splits):
         perm = rng.permutation(n)
         a, b = perm[:half], perm[half:2 * half]
-        values.append(aggregate([nearest(z[a], z[b])[0] for z in train_layers]))
+        rows = (b[None, :] + n * np.arange(n_transforms)[:, None]).ravel()
+        values.append(aggregate([nearest(z[a], r[rows])[0] for z, r in zip(train_layers, reference_layers)]))
     return np.concatenate(values)
 
 
@@ -117,37 +122,98 @@ def mi_oni(s: np.ndarray, mu0: float, sigma0: float) -> tuple[np.ndarray, np.nda
     return mi, -np.tanh(mi)
 
 
+def conformal_p_values(s: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """``p = (1 + #{null >= s}) / (1 + n_null)``: valid when the query is exchangeable with the null's
+    draws. The smallest attainable value is ``1 / (1 + n_null)``."""
+    ordered = np.sort(np.asarray(null, dtype=np.float64))
+    at_least = len(ordered) - np.searchsorted(ordered, np.asarray(s, dtype=np.float64), side="left")
+    return (1.0 + at_least) / (1.0 + len(ordered))
+
+
+def benjamini_hochberg(p: np.ndarray, fdr: float) -> np.ndarray:
+    """Boolean mask of the discoveries of the Benjamini-Hochberg step-up procedure at level ``fdr``."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.argsort(p, kind="stable")
+    below = p[order] <= fdr * np.arange(1, m + 1) / m
+    k = int(np.nonzero(below)[0].max()) + 1 if below.any() else 0
+    mask = np.zeros(m, dtype=bool)
+    mask[order[:k]] = True
+    return mask
+
+
+def copy_evidence(p: np.ndarray, lam: float = 0.5) -> np.ndarray:
+    """Per-sample terms whose mean is Storey's estimate of the fraction of non-null (copied) samples,
+    ``1 - #{p > lam} / ((1 - lam) m)``: 1 when ``p <= lam``, ``1 - 1/(1 - lam)`` otherwise.
+
+    Under the null (p uniform) each term has mean 0, so the mean estimates 0 with standard error
+    ``sqrt(lam / (1 - lam) / m)``; a copy (p near 0) contributes 1."""
+    return np.where(np.asarray(p) > lam, 1.0 - 1.0 / (1.0 - lam), 1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Scores:
     similarity: np.ndarray       # aggregated s_j
     per_layer: np.ndarray        # [n_layers, n] s_j^(k)
     nn_index: np.ndarray         # [n_layers, n] train row of each layer's nearest neighbour
+    nn_transform: np.ndarray     # [n_layers, n] transform under which that neighbour matched
     consensus: np.ndarray
     mi: np.ndarray
     oni: np.ndarray
+    p_value: np.ndarray          # conformal, against the calibration null
 
 
 @dataclasses.dataclass
 class MemorizationIndex:
-    """scikit-learn style: ``fit`` on the train features, ``score`` the candidate's."""
+    """scikit-learn style: ``fit`` on the train features, ``score`` the candidate's.
+
+    ``reference_layers`` (optional) hold the train features under ``n_transforms`` transforms,
+    transform-major (transform 0 must be the identity); queries and the null are matched against all
+    of them. ``calibration_layers`` (optional) are features of real images the generator never saw:
+    their similarities to the reference form the calibration null instead of the train halves.
+    """
 
     covariance: Covariance = "ledoit_wolf"
     n_splits: int = 10
     seed: int = 1234
 
-    def fit(self, train_layers: Sequence[np.ndarray]) -> "MemorizationIndex":
+    def fit(self, train_layers: Sequence[np.ndarray], reference_layers: Sequence[np.ndarray] | None = None,
+            n_transforms: int = 1, calibration_layers: Sequence[np.ndarray] | None = None) -> "MemorizationIndex":
+        self.n_train_ = len(train_layers[0])
+        self.n_transforms_ = n_transforms
         self.whiteners_ = [fit_whitener(f, self.covariance) for f in train_layers]
         self.train_ = [whiten(f, w) for f, w in zip(train_layers, self.whiteners_)]
-        self.null_ = null_similarities(self.train_, self.n_splits, self.seed)
+        if reference_layers is None:
+            if n_transforms != 1:
+                raise ValueError("n_transforms > 1 needs reference_layers")
+            self.reference_ = self.train_
+        else:
+            self.reference_ = [whiten(f, w) for f, w in zip(reference_layers, self.whiteners_)]
+            if any(len(r) != n_transforms * self.n_train_ for r in self.reference_):
+                raise ValueError("reference_layers must hold n_transforms * n_train rows per layer")
+        self.paper_null_ = null_similarities(self.train_, self.n_splits, self.seed, self.reference_, n_transforms)
+        if calibration_layers is not None:
+            self.null_ = self._similarities(calibration_layers)[0]
+            self.calibration_ = "holdout"
+        else:
+            self.null_ = self.paper_null_
+            self.calibration_ = "train_halves"
         self.mu0_, self.sigma0_ = null_moments(self.null_)
         return self
 
-    def score(self, query_layers: Sequence[np.ndarray]) -> Scores:
+    def _similarities(self, query_layers):
         if len(query_layers) != len(self.whiteners_):
             raise ValueError(f"fitted on {len(self.whiteners_)} layers, scoring {len(query_layers)}")
-        found = [nearest(whiten(q, w), z) for q, w, z in zip(query_layers, self.whiteners_, self.train_)]
+        found = [nearest(whiten(q, w), r) for q, w, r in zip(query_layers, self.whiteners_, self.reference_)]
         per_layer = np.stack([f[0] for f in found])
-        nn = np.stack([f[1] for f in found])
-        s = aggregate(list(per_layer))
+        rows = np.stack([f[1] for f in found])
+        return aggregate(list(per_layer)), per_layer, rows
+
+    def score(self, query_layers: Sequence[np.ndarray]) -> Scores:
+        s, per_layer, rows = self._similarities(query_layers)
+        nn, transform = rows % self.n_train_, rows // self.n_train_
         mi, oni = mi_oni(s, self.mu0_, self.sigma0_)
-        return Scores(similarity=s, per_layer=per_layer, nn_index=nn, consensus=consensus(list(nn)), mi=mi, oni=oni)
+        return Scores(similarity=s, per_layer=per_layer, nn_index=nn, nn_transform=transform,
+                      consensus=consensus(list(nn)), mi=mi, oni=oni, p_value=conformal_p_values(s, self.null_))

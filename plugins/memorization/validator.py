@@ -1,7 +1,9 @@
-"""The memorization validator: Calibrated Memorization Index per candidate sample."""
+"""The memorization validator: Calibrated Memorization Index per candidate sample, matched under the
+transformations a copying generator can apply, with conformal p-values and Benjamini-Hochberg flags."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -12,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gate.errors import InputError
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
 from gate_plugins.memorization import figures, maths
+from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
 
 
@@ -22,29 +25,43 @@ class MemorizationParams(BaseModel):
         "efficientnet-lite0", description="feature extractor (chosen by the README's benchmark)")
     checkpoint: Path | None = Field(None, description="local MRI-CORE checkpoint (extractor: mri-core)")
     prefilter_sigma: float = Field(2.0, ge=0, le=10, description="Gaussian low-pass (pixels) before features")
+    invariance: Literal["dihedral", "none"] = Field(
+        "dihedral", description="match under the 8 flips/90-degree rotations ('none': the paper's plain matching)")
     covariance: Literal["ledoit_wolf", "empirical"] = Field(
         "ledoit_wolf", description="covariance behind the ZCA whitening; 'empirical' is the paper's")
-    null_splits: int = Field(10, ge=1, le=100, description="random disjoint half-splits of train for the null")
+    calibration: Literal["auto", "holdout", "train_halves"] = Field(
+        "auto", description="null for MI and p-values: holdout->train similarities ('auto': when the "
+                            "policy has a holdout), or the paper's train half-vs-half null")
+    null_splits: int = Field(10, ge=1, le=100, description="random disjoint half-splits of train for the paper's null")
     null_seed: int = Field(1234, ge=0, description="seed of the null's splits (the authors' code uses 1234)")
-    mi_threshold: float = Field(3.0, allow_inf_nan=False,
-                                description="a sample is flagged when its MI exceeds this z-score")
+    flagging: Literal["bh", "mi_threshold"] = Field(
+        "bh", description="'bh': Benjamini-Hochberg on the p-values at level fdr; 'mi_threshold': MI > mi_threshold")
+    fdr: float = Field(0.05, gt=0, lt=1, description="false-discovery rate of the BH flags")
+    mi_threshold: float = Field(3.0, allow_inf_nan=False, description="MI above which a sample is flagged "
+                                                                      "(flagging: mi_threshold)")
+    cache: bool = Field(True, description="reuse reference features from the content-addressed cache")
 
 
 class MemorizationValidator:
     name: ClassVar[str] = "memorization"
     Params: ClassVar[type[BaseModel]] = MemorizationParams
     columns: ClassVar[tuple[str, ...]] = (
-        "sample_id", "similarity", "mi", "oni", "nn_train_id", "consensus", "flagged")
+        "sample_id", "similarity", "mi", "oni", "nn_train_id", "consensus", "p_value", "flagged",
+        "nn_transform", "copy_evidence")
     metrics: ClassVar[tuple[MetricDef, ...]] = (
-        MetricDef("mi_mean", "mi", "mean", "mean Memorization Index (z-score against the train null)"),
+        MetricDef("mi_mean", "mi", "mean", "mean Memorization Index (z-score against the calibration null)"),
         MetricDef("oni_mean", "oni", "mean", "mean Overfit/Novelty Index, -tanh(MI): -1 copy, +1 novel"),
         MetricDef("mi_max", "mi", "max", "largest Memorization Index of any sample"),
-        MetricDef("fraction_flagged", "flagged", "mean", "share of samples whose MI exceeds mi_threshold"),
+        MetricDef("fraction_flagged", "flagged", "mean", "share of samples flagged as copies"),
+        MetricDef("n_flagged", "flagged", "sum", "number of samples flagged as copies"),
+        MetricDef("copied_fraction", "copy_evidence", "mean",
+                  "Storey estimate of the fraction of copied samples (0 on average for a novel set)"),
+        MetricDef("p_min", "p_value", "min", "smallest per-sample p-value"),
         MetricDef("similarity_mean", "similarity", "mean", "mean aggregated 1-NN cosine similarity s"),
     )
 
     def run(self, context: CheckContext, params: MemorizationParams) -> CheckOutput:
-        train, cand = context.train, context.candidate
+        train, cand, holdout = context.train, context.candidate, context.holdout
         if len(train) < 4:
             raise InputError(f"{train.name}: the memorization null needs at least 4 train images, got {len(train)}")
         if train.shape != cand.shape:
@@ -52,16 +69,29 @@ class MemorizationValidator:
         for label, imgs in (("train", train.images), ("candidate", cand.images)):
             if not np.isfinite(imgs).all():
                 raise InputError(f"{label} images contain non-finite values")
-        extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
-        tick = context.progress(f"memorization: {extractor.name} features", len(train) + len(cand))
-        f_train = extractor.extract(train.images, context.batch_size, tick)
-        f_cand = extractor.extract(cand.images, context.batch_size, tick)
-        layers = list(extractor.layers)
+        if params.invariance != "none" and train.shape[0] != train.shape[1]:
+            raise InputError(f"invariance '{params.invariance}' needs square images, got {train.shape}; "
+                             "use invariance: none")
+        use_holdout = params.calibration == "holdout" or (params.calibration == "auto" and holdout is not None)
+        if use_holdout and holdout is None:
+            raise InputError("calibration: holdout needs a data.holdout folder in the policy")
 
-        model = maths.MemorizationIndex(params.covariance, params.null_splits, params.null_seed)
-        model.fit([f_train[k] for k in layers])
-        scores = model.score([f_cand[k] for k in layers])
+        extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
+        detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
+                            context.batch_size, context.cache_dir if params.cache else None)
+        n_ref = len(train) * len(detector.transforms) + (len(holdout) if use_holdout else 0)
+        tick = context.progress(f"memorization: {extractor.name} reference", n_ref)
+        detector.fit(train.images, digest=train.manifest_sha256(),
+                     calibration=holdout.images if use_holdout else None, progress=tick)
+        scores = detector.score(cand.images, context.progress("memorization: candidates", len(cand)))
+        index = detector.index_
+
+        if params.flagging == "bh":
+            flagged = maths.benjamini_hochberg(scores.p_value, params.fdr)
+        else:
+            flagged = scores.mi > params.mi_threshold
         nn_first = scores.nn_index[0]
+        evidence = maths.copy_evidence(scores.p_value)
         table = pd.DataFrame({
             "sample_id": list(cand.ids),
             "similarity": scores.similarity,
@@ -69,34 +99,59 @@ class MemorizationValidator:
             "oni": scores.oni,
             "nn_train_id": [train.ids[i] for i in nn_first],
             "consensus": scores.consensus,
-            "flagged": (scores.mi > params.mi_threshold).astype(int),
+            "p_value": scores.p_value,
+            "flagged": flagged.astype(int),
+            "nn_transform": [detector.transforms[t] for t in scores.nn_transform[0]],
+            "copy_evidence": evidence,
         })
-        for k, layer in enumerate(layers):
+        for k, layer in enumerate(extractor.layers):
             table[f"similarity_{layer}"] = scores.per_layer[k]
 
-        null_mi = (model.null_ - model.mu0_) / model.sigma0_
-        order = np.argsort(-scores.similarity)[:8]
-        pairs = [(int(i), int(nn_first[i]), float(scores.similarity[i]), cand.ids[i], train.ids[nn_first[i]])
-                 for i in order]
+        m, n_null = len(cand), len(index.null_)
+        p_floor = 1.0 / (n_null + 1)
+        null_mi = (index.null_ - index.mu0_) / index.sigma0_
+        paper_mi = (index.paper_null_ - index.mu0_) / index.sigma0_
+        order = np.argsort(-scores.similarity)
+        shown = [i for i in order if flagged[i]][:8] or list(order[:8])
+        pairs = [(int(i), int(nn_first[i]), f"{cand.ids[i]}\ns={scores.similarity[i]:.3f} MI={scores.mi[i]:.1f}\n"
+                  f"p={scores.p_value[i]:.3g}", f"{train.ids[nn_first[i]]}\n{detector.transforms[scores.nn_transform[0][i]]}")
+                 for i in shown]
         return CheckOutput(
             table=table,
             provenance={
                 "extractor": extractor.name,
-                "extractor_layers": layers,
+                "extractor_layers": list(extractor.layers),
                 "extractor_weights_sha256": extractor.weights_sha256(),
                 "prefilter_sigma": params.prefilter_sigma,
+                "transforms": detector.transforms,
+                "reference_cache_hit": detector.cache_hit_,
             },
             diagnostics={
-                "null_mu0": model.mu0_, "null_sigma0": model.sigma0_, "null_size": int(len(model.null_)),
-                "null_splits": params.null_splits,
-                "whitening_shrinkage": {layer: w.shrinkage for layer, w in zip(layers, model.whiteners_)},
-                "train_size": len(train), "candidate_size": len(cand),
+                "calibration": index.calibration_,
+                "null_mu0": index.mu0_, "null_sigma0": index.sigma0_, "null_size": n_null,
+                "paper_null_mu0": float(index.paper_null_.mean()), "paper_null_sigma0": float(index.paper_null_.std()),
+                "paper_null_size": int(len(index.paper_null_)),
+                "p_value_floor": p_floor,
+                # BH can only flag k samples out of m if k >= m * p_floor / fdr (the smallest p is p_floor)
+                "min_flaggable_copies": int(math.ceil(m * p_floor / params.fdr)),
+                "copied_fraction_ci95": _storey_ci(evidence),
+                "whitening_shrinkage": {layer: w.shrinkage for layer, w in zip(extractor.layers, index.whiteners_)},
+                "train_size": len(train), "candidate_size": m,
             },
             figures=[
-                Figure("MI and ONI against the null", figures.histograms(scores.mi, null_mi, params.mi_threshold),
-                       "Null: each train image of a random half against the other half (10 splits)."),
-                Figure("Most similar candidate/train pairs",
+                Figure("MI and ONI against the null", figures.histograms(scores.mi, null_mi, paper_mi, index.calibration_),
+                       f"Calibration null: {index.calibration_} ({n_null} values); the paper's train half-vs-half "
+                       f"null is shown for reference."),
+                Figure("Flagged samples (or the most similar) beside their nearest train image",
                        figures.top_pairs(cand.images, train.images, pairs),
-                       "Top row: candidate; bottom row: its nearest train image at the first layer."),
+                       "Top row: candidate with similarity, MI and p-value; bottom row: its nearest train image "
+                       "and the transformation under which it matched."),
             ],
         )
+
+
+def _storey_ci(evidence: np.ndarray) -> list[float]:
+    m = len(evidence)
+    est = float(evidence.mean())
+    half = 1.96 * float(evidence.std(ddof=1)) / math.sqrt(m) if m > 1 else float("inf")
+    return [est - half, est + half]

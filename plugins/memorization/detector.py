@@ -1,0 +1,75 @@
+"""The memorization detector: an extractor, the transformations to be invariant to, and the
+Calibrated Memorization Index, with reference features cached by content."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gate_plugins.memorization import cache, maths
+from gate_plugins.memorization.extractors import FeatureExtractor
+from gate_plugins.memorization.transforms import Invariance, apply, transform_set
+
+Progress = Callable[[int], None]
+
+
+def content_digest(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
+
+
+@dataclasses.dataclass
+class Detector:
+    extractor: FeatureExtractor
+    invariance: Invariance = "dihedral"
+    covariance: maths.Covariance = "ledoit_wolf"
+    null_splits: int = 10
+    null_seed: int = 1234
+    batch_size: int = 32
+    cache_dir: Path | None = None
+
+    @property
+    def transforms(self) -> list[str]:
+        return [name for name, _ in transform_set(self.invariance)]
+
+    def features(self, images: np.ndarray, progress: Progress = lambda _n: None) -> list[np.ndarray]:
+        feats = self.extractor.extract(images, self.batch_size, progress)
+        return [feats[k] for k in self.extractor.layers]
+
+    def reference_features(self, train: np.ndarray, digest: str | None = None,
+                           progress: Progress = lambda _n: None) -> tuple[list[np.ndarray], bool]:
+        """Train features under every transform, transform-major, from the cache when possible."""
+        transforms = transform_set(self.invariance)
+        if len(transforms) > 1 and train.shape[1] != train.shape[2]:
+            raise ValueError(f"invariance '{self.invariance}' needs square images, got {train.shape[1:]}")
+        key = None
+        if self.cache_dir is not None:
+            key = cache.cache_key(kind="memorization-reference", format=1, train=digest or content_digest(train),
+                                  extractor=self.extractor.name, weights=self.extractor.weights_sha256(),
+                                  prefilter=getattr(self.extractor, "prefilter_sigma", 0.0),
+                                  layers=list(self.extractor.layers), transforms=self.transforms)
+            hit = cache.load(self.cache_dir, key)
+            if hit is not None and all(k in hit for k in self.extractor.layers):
+                progress(len(train) * len(transforms))
+                return [hit[k] for k in self.extractor.layers], True
+        parts = [self.features(apply(train, fn), progress) for _, fn in transforms]
+        layers = [np.concatenate([p[k] for p in parts]) for k in range(len(self.extractor.layers))]
+        if key is not None:
+            cache.store(self.cache_dir, key, dict(zip(self.extractor.layers, layers)))
+        return layers, False
+
+    def fit(self, train: np.ndarray, *, digest: str | None = None, calibration: np.ndarray | None = None,
+            progress: Progress = lambda _n: None) -> "Detector":
+        reference, self.cache_hit_ = self.reference_features(train, digest, progress)
+        n = len(train)
+        train_layers = [r[:n] for r in reference]  # transform 0 is the identity
+        cal = self.features(calibration, progress) if calibration is not None else None
+        self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed).fit(
+            train_layers, reference, len(self.transforms), cal)
+        return self
+
+    def score(self, images: np.ndarray, progress: Progress = lambda _n: None) -> maths.Scores:
+        return self.index_.score(self.features(images, progress))
