@@ -1,4 +1,4 @@
-"""``gate bench memorization``: the paper's controlled-duplication benchmark on the user's folders."""
+"""``gate bench memorization``: the controlled-duplication benchmark on the user's folders."""
 
 from __future__ import annotations
 
@@ -16,25 +16,40 @@ def register(app: typer.Typer) -> None:
     def memorization(
         train: Path = typer.Option(..., "--train", help="folder of train images (the reference)"),
         test: Path = typer.Option(..., "--test", help="folder of real images from other subjects than train"),
-        extractor: Optional[List[str]] = typer.Option(None, "--extractor", help="repeat to compare (default: all offline ones)"),
+        holdout: Optional[Path] = typer.Option(None, "--holdout", help="real images of yet other subjects: "
+                                               "the calibration null (else the paper's train halves)"),
+        extractor: Optional[List[str]] = typer.Option(None, "--extractor", help="repeat to compare"),
         prefilter_sigma: float = typer.Option(2.0, "--prefilter-sigma"),
-        mi_threshold: float = typer.Option(3.0, "--mi-threshold"),
+        paper_conditions_only: bool = typer.Option(False, "--paper-conditions-only",
+                                                   help="only the paper's 8 conditions"),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
-        """Replace 5/15/30/45 % of the test images by train images under the paper's 8 conditions and
-        print the per-sample AUC per condition, the set-level response and the extractor speed."""
+        """Replace 5/15/30/45 % of the test images by train images under the paper's 8 conditions (and
+        harder ones) and print per-sample AUC and TPR at 1 % FPR, the set-level response, the
+        false-positive rate on novel images and the cost, for gate's matching and the paper's."""
         from gate.cli import fail
         from gate.errors import GateError
         from gate.imageio import check_same_size, read_image_folder
         from gate_plugins.memorization.benchmark import render_tables, run_benchmark
+        from gate_plugins.memorization.contamination import CONDITIONS, EXTRA_CONDITIONS
+        from gate_plugins.memorization.detector import Detector
         from gate_plugins.memorization.extractors import build_extractor
 
         try:
             tr, te = read_image_folder(train, "train"), read_image_folder(test, "test")
             check_same_size(tr, te)
-            names = extractor or ["efficientnet-lite0", "scattering-j3l8"]
-            exts = [build_extractor(n, None, prefilter_sigma) for n in names]
+            ho = read_image_folder(holdout, "holdout") if holdout else None
+            if ho is not None:
+                check_same_size(tr, ho)
+            variants = {}
+            for name in extractor or ["efficientnet-lite0"]:
+                for invariance in ("dihedral", "none"):
+                    det = Detector(build_extractor(name, None, prefilter_sigma), invariance)
+                    det.use_calibration = ho is not None
+                    variants[f"{name}, {invariance}"] = det
         except GateError as exc:
             fail(exc)
-        result = run_benchmark(tr.images, te.images, exts, mi_threshold=mi_threshold, seed=seed)
+        conditions = tuple(CONDITIONS) + (() if paper_conditions_only else tuple(EXTRA_CONDITIONS))
+        result = run_benchmark(tr.images, te.images, variants, calibration=ho.images if ho else None,
+                               conditions=conditions, seed=seed)
         print(render_tables(result))

@@ -1,4 +1,5 @@
-"""Controlled-duplication benchmark (the paper's Table 4 protocol) for one or more extractors."""
+"""Controlled-duplication benchmark (the paper's Table 4 protocol, plus harder conditions) for
+several detector variants, with calibration and cost measured on the same data."""
 
 from __future__ import annotations
 
@@ -6,99 +7,132 @@ import dataclasses
 import time
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
-from gate_plugins.memorization.contamination import CONDITIONS, LEVELS, contaminate
-from gate_plugins.memorization.extractors import FeatureExtractor
-from gate_plugins.memorization.maths import MemorizationIndex
+from gate_plugins.memorization import maths
+from gate_plugins.memorization.contamination import CONDITIONS, EXTRA_CONDITIONS, LEVELS, PAPER_AUC, contaminate
+from gate_plugins.memorization.detector import Detector
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchRow:
-    extractor: str
+    variant: str
     condition: str
     level: float
     auc: float
-    mi_mean: float
-    oni_mean: float
+    tpr_at_1pct_fpr: float
     fraction_flagged: float
+    copied_fraction: float
+    mi_mean: float
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantStats:
+    extract_images_per_s: float
+    search_queries_per_s: float
+    fit_s: float
+    null_mu0: float
+    null_sigma0: float
+    calibration: str
+    novel_fpr: dict[float, float]  # nominal alpha -> share of uncontaminated test samples with p <= alpha
+    novel_flagged: float           # share of the uncontaminated test set flagged by BH
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchResult:
     rows: list[BenchRow]
-    images_per_second: dict[str, float]
-    null: dict[str, tuple[float, float]]
-    clean_test_fraction_flagged: dict[str, float]
+    stats: dict[str, VariantStats]
+    fdr: float
 
-    def auc_table(self) -> dict[str, dict[str, tuple[float, float]]]:
-        """extractor -> condition -> (mean AUC over levels, min AUC over levels)"""
-        out: dict[str, dict[str, tuple[float, float]]] = {}
-        for r in self.rows:
-            out.setdefault(r.extractor, {}).setdefault(r.condition, [])  # type: ignore[arg-type]
-            out[r.extractor][r.condition].append(r.auc)  # type: ignore[union-attr]
-        return {e: {c: (float(np.mean(v)), float(np.min(v))) for c, v in cs.items()} for e, cs in out.items()}
+    def by_condition(self, variant: str, condition: str) -> list[BenchRow]:
+        return [r for r in self.rows if r.variant == variant and r.condition == condition]
 
 
-def run_benchmark(train: np.ndarray, test: np.ndarray, extractors: list[FeatureExtractor], *,
-                  mi_threshold: float = 3.0, levels=LEVELS, conditions=tuple(CONDITIONS), seed: int = 0,
-                  batch_size: int = 32, covariance: str = "ledoit_wolf") -> BenchResult:
+def _tpr_at(labels: np.ndarray, scores: np.ndarray, fpr_max: float) -> float:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(tpr[fpr <= fpr_max].max())
+
+
+def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detector], *,
+                  calibration: np.ndarray | None = None, conditions=tuple(CONDITIONS) + tuple(EXTRA_CONDITIONS),
+                  levels=LEVELS, fdr: float = 0.05, seed: int = 0) -> BenchResult:
+    """``test`` holds real images of subjects absent from ``train``; ``calibration`` (optional) real
+    images of yet other subjects, used as the holdout null by variants whose detector is fitted with it."""
     rows: list[BenchRow] = []
-    speed: dict[str, float] = {}
-    nulls: dict[str, tuple[float, float]] = {}
-    clean_flag: dict[str, float] = {}
+    stats: dict[str, VariantStats] = {}
     contaminations = {c: contaminate(train, len(test), c, max(levels), seed + i) for i, c in enumerate(conditions)}
-    for ext in extractors:
+    for label, det in variants.items():
         t0 = time.perf_counter()
-        f_train = ext.extract(train, batch_size)
-        f_test = ext.extract(test, batch_size)
-        speed[ext.name] = (len(train) + len(test)) / (time.perf_counter() - t0)
-        layers = list(ext.layers)
-        model = MemorizationIndex(covariance=covariance).fit([f_train[k] for k in layers])
-        nulls[ext.name] = (model.mu0_, model.sigma0_)
-        base = model.score([f_test[k] for k in layers])
-        clean_flag[ext.name] = float((base.mi > mi_threshold).mean())
+        det.fit(train, calibration=calibration if getattr(det, "use_calibration", False) else None)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        test_layers = det.features(test)
+        extract_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        base = det.index_.score(test_layers)
+        search_s = time.perf_counter() - t0
+        stats[label] = VariantStats(
+            extract_images_per_s=len(test) / extract_s, search_queries_per_s=len(test) / max(search_s, 1e-9),
+            fit_s=fit_s, null_mu0=det.index_.mu0_, null_sigma0=det.index_.sigma0_,
+            calibration=det.index_.calibration_,
+            novel_fpr={a: float(np.mean(base.p_value <= a)) for a in (0.01, 0.05, 0.10)},
+            novel_flagged=float(maths.benjamini_hochberg(base.p_value, fdr).mean()))
         for cond, cont in contaminations.items():
-            f_copies = ext.extract(cont.copies, batch_size)
-            copies = model.score([f_copies[k] for k in layers])
+            copies = det.score(cont.copies)
             for level in levels:
                 labels, used = cont.at(level, len(test))
-                s, mi, oni = base.similarity.copy(), base.mi.copy(), base.oni.copy()
-                s[cont.positions[used]] = copies.similarity[used]
-                mi[cont.positions[used]] = copies.mi[used]
-                oni[cont.positions[used]] = copies.oni[used]
-                rows.append(BenchRow(ext.name, cond, level, float(roc_auc_score(labels, s)), float(mi.mean()),
-                                     float(oni.mean()), float((mi > mi_threshold).mean())))
-    return BenchResult(rows, speed, nulls, clean_flag)
+                s, p, mi = base.similarity.copy(), base.p_value.copy(), base.mi.copy()
+                pos = cont.positions[used]
+                s[pos], p[pos], mi[pos] = copies.similarity[used], copies.p_value[used], copies.mi[used]
+                rows.append(BenchRow(label, cond, level, float(roc_auc_score(labels, s)), _tpr_at(labels, s, 0.01),
+                                     float(maths.benjamini_hochberg(p, fdr).mean()),
+                                     float(maths.copy_evidence(p).mean()), float(mi.mean())))
+    return BenchResult(rows, stats, fdr)
 
 
-def render_tables(result: BenchResult, paper_auc: dict[str, float] | None = None) -> str:
-    """Markdown tables: per-sample AUC per condition (mean / min over levels), set-level response."""
-    from gate_plugins.memorization.contamination import PAPER_AUC
+def render_tables(result: BenchResult) -> str:
+    """Markdown tables: AUC per condition (mean / min over levels), TPR at 1 % FPR, set-level
+    response, calibration on novel samples, and cost."""
+    variants = list(result.stats)
+    conds = list(dict.fromkeys(r.condition for r in result.rows))
+    paper = [c for c in conds if c in CONDITIONS]
+    extra = [c for c in conds if c not in CONDITIONS]
+    out: list[str] = []
 
-    paper_auc = PAPER_AUC if paper_auc is None else paper_auc
-    table = result.auc_table()
-    names = list(table)
-    conds = list(next(iter(table.values())))
-    lines = ["Per-sample AUC (mean / min over duplication levels)", "",
-             "| condition | paper (MRI-CORE) | " + " | ".join(names) + " |",
-             "|---|---|" + "---|" * len(names)]
-    for c in conds:
-        cells = [f"{table[n][c][0]:.3f} / {table[n][c][1]:.3f}" for n in names]
-        lines.append(f"| {c} | {paper_auc.get(c, float('nan')):.3f} | " + " | ".join(cells) + " |")
-    lines += ["", "Set-level response (mean over conditions): mi_mean / fraction_flagged", "",
-              "| level | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    def auc_table(title: str, names: list[str], with_paper: bool) -> None:
+        if not names:
+            return
+        out.extend([title, "", "| condition | " + ("paper (MRI-CORE) | " if with_paper else "") +
+                    " | ".join(variants) + " |", "|---|" + ("---|" if with_paper else "") + "---|" * len(variants)])
+        for c in names:
+            cells = []
+            for v in variants:
+                rs = result.by_condition(v, c)
+                cells.append(f"{np.mean([r.auc for r in rs]):.3f} / {np.min([r.auc for r in rs]):.3f} / "
+                             f"{np.min([r.tpr_at_1pct_fpr for r in rs]):.2f}")
+            out.append(f"| {c} | " + (f"{PAPER_AUC.get(c, float('nan')):.3f} | " if with_paper else "") +
+                       " | ".join(cells) + " |")
+        out.append("")
+
+    auc_table("Per-sample detection, paper's 8 conditions: AUC mean / AUC min over levels / TPR at 1 % FPR (min)",
+              paper, True)
+    auc_table("Per-sample detection, harder conditions: AUC mean / AUC min / TPR at 1 % FPR (min)", extra, False)
     levels = sorted({r.level for r in result.rows})
+    out.extend([f"Set level (mean over conditions): fraction flagged by BH at FDR {result.fdr:g} / "
+                "copied_fraction (Storey estimate)", "",
+                "| duplication | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)])
     for lv in levels:
         cells = []
-        for n in names:
-            rs = [r for r in result.rows if r.extractor == n and r.level == lv]
-            cells.append(f"{np.mean([r.mi_mean for r in rs]):.2f} / {np.mean([r.fraction_flagged for r in rs]):.3f}")
-        lines.append(f"| {lv:.0%} | " + " | ".join(cells) + " |")
-    lines += ["", "| extractor | images/s | null mu0 | null sigma0 | flagged on uncontaminated test |",
-              "|---|---|---|---|---|"]
-    for n in names:
-        mu, sd = result.null[n]
-        lines.append(f"| {n} | {result.images_per_second[n]:.1f} | {mu:.4f} | {sd:.4f} | "
-                     f"{result.clean_test_fraction_flagged[n]:.3f} |")
-    return "\n".join(lines)
+        for v in variants:
+            rs = [r for r in result.rows if r.variant == v and r.level == lv]
+            cells.append(f"{np.mean([r.fraction_flagged for r in rs]):.3f} / {np.mean([r.copied_fraction for r in rs]):.3f}")
+        out.append(f"| {lv:.0%} | " + " | ".join(cells) + " |")
+    out.extend(["", "Calibration and cost (uncontaminated test set = novel samples)", "",
+                "| variant | calibration null | p<=0.01 | p<=0.05 | p<=0.10 | BH-flagged | extract img/s | "
+                "search queries/s | fit s |", "|---|---|---|---|---|---|---|---|---|"])
+    for v, st in result.stats.items():
+        f = st.novel_fpr
+        out.append(f"| {v} | {st.calibration} | {f[0.01]:.3f} | {f[0.05]:.3f} | {f[0.10]:.3f} | "
+                   f"{st.novel_flagged:.3f} | {st.extract_images_per_s:.0f} | {st.search_queries_per_s:.0f} | "
+                   f"{st.fit_s:.1f} |")
+    return "\n".join(out)

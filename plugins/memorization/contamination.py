@@ -34,6 +34,59 @@ CONDITIONS: dict[str, Augment] = {
     "intensity": lambda img, rng: img * rng.uniform(0.9, 1.1),
 }
 
+def _shift(img, rng):
+    h, w = img.shape
+    dy, dx = (rng.uniform(-0.1, 0.1) * h, rng.uniform(-0.1, 0.1) * w)
+    return ndi.shift(img, (dy, dx), order=1, mode="constant")
+
+
+def _zoom(img, rng):
+    z = rng.uniform(0.9, 1.1)
+    c = (np.array(img.shape) - 1) / 2
+    return ndi.affine_transform(img, np.eye(2) / z, offset=c - c / z, order=1, mode="constant")
+
+
+def _gamma(img, rng):
+    return np.clip(img, 0, 1) ** np.exp(rng.uniform(np.log(0.75), np.log(1.33)))
+
+
+def _blur(img, rng):
+    return ndi.gaussian_filter(img, rng.uniform(0.5, 1.5))
+
+
+def _elastic(img, rng, alpha_px=2.0, sigma_px=8.0):
+    """Mild elastic deformation: a smooth random displacement of about ``alpha_px`` pixels."""
+    fields = []
+    for _ in range(2):
+        f = ndi.gaussian_filter(rng.standard_normal(img.shape), sigma_px)
+        fields.append(f / (f.std() + 1e-12) * alpha_px)
+    yy, xx = np.indices(img.shape, dtype=np.float64)
+    return ndi.map_coordinates(img, [yy + fields[0], xx + fields[1]], order=1, mode="constant")
+
+
+def _then(*augs: Augment) -> Augment:
+    def f(img, rng):
+        for a in augs:
+            img = a(img, rng)
+        return img
+    return f
+
+
+#: beyond the paper: misalignment, contrast and smoothing a generator (or augmentation) may add
+EXTRA_CONDITIONS: dict[str, Augment] = {
+    "shift_10pct": _shift,
+    "zoom_0.9-1.1": _zoom,
+    "gamma_0.75-1.33": _gamma,
+    "blur_0.5-1.5": _blur,
+    "elastic_2px": _elastic,
+    "hflip+shift": _then(CONDITIONS["hflip"], _shift),
+    "rotation_5+zoom": _then(CONDITIONS["rotation_5"], _zoom),
+    "vflip+elastic": _then(CONDITIONS["vflip"], _elastic),
+    "noise_0.02+gamma": _then(_gamma, CONDITIONS["noise_0.02"]),
+}
+
+ALL_CONDITIONS: dict[str, Augment] = {**CONDITIONS, **EXTRA_CONDITIONS}
+
 LEVELS = (0.05, 0.15, 0.30, 0.45)
 
 #: the paper's Table 4 (mean per-sample AUC over its datasets and levels), for side-by-side reporting
@@ -64,6 +117,6 @@ def contaminate(train: np.ndarray, n_test: int, condition: str, max_level: float
         raise ValueError(f"cannot replace {k} test slices with distinct train slices out of {len(train)}")
     positions = rng.permutation(n_test)[:k]
     sources = rng.permutation(len(train))[:k]
-    aug = CONDITIONS[condition]
+    aug = ALL_CONDITIONS[condition]
     copies = np.stack([np.clip(aug(train[s].astype(np.float64), rng), 0.0, 1.0) for s in sources]).astype(np.float32)
     return Contamination(positions=positions, sources=sources, copies=copies)
