@@ -78,6 +78,7 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
     figures: dict[str, list[Figure]] = {}
     metric_defs: dict[tuple[str, str], MetricDef] = {}
     outcomes: list[RuleOutcome] = []
+    scalars: dict[str, dict[str, float]] = {}
     versions: dict[str, str] = {}
 
     for i, check in enumerate(spec.checks):
@@ -105,21 +106,25 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         figures[check.id] = out.figures
         result.provenance, result.diagnostics = out.provenance, out.diagnostics
         defs = {m.name: m for m in loaded.cls.metrics}
-        result.metrics = {name: _finite_or_none(m.compute(out.table)) for name, m in defs.items()}
+        result.metrics = {name: _finite_or_none(m.compute(out.table, out.scalars)) for name, m in defs.items()}
+        scalars[check.id] = {k: v for k, v in out.scalars.items()}
         for j, rule in enumerate(check.rules):
             metric_defs[(check.id, rule.metric)] = defs[rule.metric]
-            outcome = evaluate_rule(check.id, rule, defs[rule.metric], out.table, inputs.policy.rule_lines.get((i, j)))
+            outcome = evaluate_rule(check.id, rule, defs[rule.metric], out.table, inputs.policy.rule_lines.get((i, j)),
+                                    out.scalars)
             result.rules.append(outcome)
             outcomes.append(outcome)
+            if outcome.value is None:  # a rule that cannot be evaluated leaves the version unvalidated
+                _mark_error([result], check.id, f"metric {rule.metric} could not be computed (NaN) for its rule")
         result.samples_csv = f"samples/{check.id}.csv"
         results.append(result)
 
     evidence = None
     if outcomes:
         try:
-            evidence = gx_check(tables, outcomes, metric_defs)
+            evidence = gx_check(tables, outcomes, metric_defs, scalars)
             for o in outcomes:
-                if o.gx_success is not None and o.gx_success != o.passed:
+                if o.value is not None and o.gx_success is not None and o.gx_success != o.passed:
                     _mark_error(results, o.check_id,
                                 f"Great Expectations and gate disagree on rule {o.metric} {o.condition}")
         except Exception as exc:  # noqa: BLE001

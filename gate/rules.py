@@ -13,8 +13,9 @@ from gate.report import RuleOutcome
 from gate.validators import MetricDef
 
 
-def evaluate_rule(check_id: str, rule: Any, metric: MetricDef, table: pd.DataFrame, line: int | None) -> RuleOutcome:
-    value = metric.compute(table)
+def evaluate_rule(check_id: str, rule: Any, metric: MetricDef, table: pd.DataFrame, line: int | None,
+                  scalars: dict[str, float] | None = None) -> RuleOutcome:
+    value = metric.compute(table, scalars)
     return RuleOutcome(
         check_id=check_id, metric=rule.metric, bounds=rule.bounds(), condition=rule.describe(),
         severity=rule.severity, value=None if math.isnan(value) else value, passed=rule.holds(value), line=line)
@@ -24,9 +25,12 @@ def _expectation(rule: RuleOutcome, metric: MetricDef, meta: dict):
     import great_expectations.expectations as gxe
 
     cls = {"mean": gxe.ExpectColumnMeanToBeBetween, "max": gxe.ExpectColumnMaxToBeBetween,
-           "min": gxe.ExpectColumnMinToBeBetween, "sum": gxe.ExpectColumnSumToBeBetween}[metric.aggregate]
+           "min": gxe.ExpectColumnMinToBeBetween, "sum": gxe.ExpectColumnSumToBeBetween,
+           # a set-level value sits in a one-row table of the check's scalars
+           "scalar": gxe.ExpectColumnValuesToBeBetween}[metric.aggregate]
     b = rule.bounds
-    kwargs: dict[str, Any] = {"column": metric.column, "meta": meta}
+    column = metric.name if metric.aggregate == "scalar" else metric.column
+    kwargs: dict[str, Any] = {"column": column, "meta": meta}
     lower = [(v, k == "gt") for k, v in b.items() if k in ("gt", "gte")]
     upper = [(v, k == "lt") for k, v in b.items() if k in ("lt", "lte")]
     if lower:
@@ -39,8 +43,10 @@ def _expectation(rule: RuleOutcome, metric: MetricDef, meta: dict):
 
 
 def gx_check(tables: dict[str, pd.DataFrame], outcomes: list[RuleOutcome],
-             metrics: dict[tuple[str, str], MetricDef]) -> dict[str, Any]:
-    """Run one GX suite per check table; set ``gx_success`` on each outcome; return the evidence."""
+             metrics: dict[tuple[str, str], MetricDef],
+             scalars: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """Run GX suites per check (its per-sample table, and a one-row table of its set-level scalars);
+    set ``gx_success`` on each outcome; return the evidence."""
     import logging
 
     import great_expectations as gx
@@ -53,15 +59,20 @@ def gx_check(tables: dict[str, pd.DataFrame], outcomes: list[RuleOutcome],
     evidence: dict[str, Any] = {"great_expectations_version": gx.__version__, "suites": {}}
     for check_id, table in tables.items():
         rules = [o for o in outcomes if o.check_id == check_id]
-        if not rules:
-            continue
-        batch = source.add_dataframe_asset(name=check_id).add_batch_definition_whole_dataframe(name="all")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"gate-{check_id}"))
-        for i, rule in enumerate(rules):
-            suite.add_expectation(_expectation(rule, metrics[(check_id, rule.metric)], {"rule_index": i}))
-        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"vd-{check_id}", data=batch, suite=suite))
-        result = vd.run(batch_parameters={"dataframe": table}, result_format="SUMMARY")
-        for r in result.results:
-            rules[int(r.expectation_config.meta["rule_index"])].gx_success = bool(r.success)
-        evidence["suites"][check_id] = json.loads(json.dumps(result.to_json_dict(), default=float))
+        one_row = pd.DataFrame([{k: (v if v is not None else float("nan"))
+                                 for k, v in (scalars or {}).get(check_id, {}).items()}])
+        for kind, frame in (("samples", table), ("scalars", one_row)):
+            chosen = [o for o in rules if (metrics[(check_id, o.metric)].aggregate == "scalar") == (kind == "scalars")]
+            if not chosen:
+                continue
+            name = f"{check_id}.{kind}"
+            batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(name="all")
+            suite = context.suites.add(gx.ExpectationSuite(name=f"gate-{name}"))
+            for i, rule in enumerate(chosen):
+                suite.add_expectation(_expectation(rule, metrics[(check_id, rule.metric)], {"rule_index": i}))
+            vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"vd-{name}", data=batch, suite=suite))
+            result = vd.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+            for r in result.results:
+                chosen[int(r.expectation_config.meta["rule_index"])].gx_success = bool(r.success)
+            evidence["suites"][name] = json.loads(json.dumps(result.to_json_dict(), default=float))
     return evidence

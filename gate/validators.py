@@ -30,19 +30,24 @@ from gate.imageset import ImageSet
 
 ENTRY_POINT_GROUP = "gate.validators"
 
-Aggregate = Literal["mean", "max", "min", "sum"]
+Aggregate = Literal["mean", "max", "min", "sum", "scalar"]
 
 
 @dataclasses.dataclass(frozen=True)
 class MetricDef:
-    """A set-level metric: ``aggregate`` of ``column`` over the per-sample table."""
+    """A set-level metric: ``aggregate`` of ``column`` over the per-sample table, or, with
+    ``aggregate="scalar"``, a value the validator computes over the whole set (``CheckOutput.scalars``,
+    keyed by the metric's name; ``column`` is then ``None``)."""
 
     name: str
-    column: str
+    column: str | None
     aggregate: Aggregate
     description: str
 
-    def compute(self, table: pd.DataFrame) -> float:
+    def compute(self, table: pd.DataFrame, scalars: dict[str, float] | None = None) -> float:
+        if self.aggregate == "scalar":
+            value = (scalars or {}).get(self.name)
+            return float(value) if value is not None and np.isfinite(value) else math.nan
         values = pd.to_numeric(table[self.column], errors="coerce").to_numpy(dtype=float)
         if values.size == 0 or not np.isfinite(values).all():
             return math.nan  # a rule over a NaN never passes
@@ -76,6 +81,7 @@ class CheckOutput:
     """``table`` holds one row per candidate sample with the validator's declared ``columns``."""
 
     table: pd.DataFrame
+    scalars: dict[str, float] = dataclasses.field(default_factory=dict)
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
     diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
     figures: list[Figure] = dataclasses.field(default_factory=list)
@@ -122,7 +128,7 @@ def check_validator_class(cls: type) -> None:
         raise TypeError(f"{cls.__module__}.{cls.__qualname__} lacks {', '.join(missing)}")
     if not (isinstance(cls.Params, type) and issubclass(cls.Params, BaseModel)):
         raise TypeError(f"{cls.__qualname__}.Params is not a pydantic model")
-    unknown = [m.column for m in cls.metrics if m.column not in cls.columns]
+    unknown = [m.column for m in cls.metrics if m.aggregate != "scalar" and m.column not in cls.columns]
     if unknown:
         raise TypeError(f"{cls.__qualname__} derives metrics from undeclared columns {unknown}")
     if not cls.columns or cls.columns[0] != "sample_id":

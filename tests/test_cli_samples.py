@@ -49,7 +49,7 @@ def test_copies_are_blocked_and_every_report_is_written(tmp_path, mri, policy, m
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
     assert "❌" in (out / "summary.md").read_text()
     gx = json.loads((out / "gx_validation.json").read_text())
-    assert gx["suites"]["memorization"]["success"] is False
+    assert gx["suites"]["memorization.samples"]["success"] is False
     assert not list(out.glob(".staging-*"))
 
 
@@ -128,3 +128,38 @@ def test_schema_command_prints_the_committed_schema():
 def test_needs_exactly_one_candidate(tmp_path, policy):
     res = gate("validate", "--policy", policy, "--out", tmp_path / "o")
     assert res.exit_code == 2 and "exactly one candidate" in res.output
+
+
+def test_rules_on_set_level_baselines_are_checked_by_gate_and_gx(tmp_path, mri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rules = """
+        - metric: ct
+          gt: -2.0
+          severity: block
+        - metric: fid
+          gte: 0.0
+          severity: warn"""
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"], rules=rules)
+    res = gate("validate", "--policy", policy, "--samples", mri["copies"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 1, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    ct, fid = report["checks"][0]["rules"]
+    assert ct["metric"] == "ct" and ct["value"] < -2 and not ct["passed"] and ct["gx_success"] is False
+    assert fid["passed"] and fid["gx_success"] is True
+    gx = json.loads((tmp_path / "out" / "gx_validation.json").read_text())
+    assert gx["suites"]["memorization.scalars"]["success"] is False
+
+
+def test_a_rule_on_a_metric_that_cannot_be_computed_fails_closed(tmp_path, mri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rules = """
+        - metric: ct
+          lte: 100.0
+          severity: block"""
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], rules=rules)  # no holdout: C_T is undefined
+    res = gate("validate", "--policy", policy, "--samples", mri["novel"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 3, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    rule = report["checks"][0]["rules"][0]
+    assert rule["value"] is None and rule["passed"] is False
+    assert report["verdict"] == "error" and "metric ct could not be computed" in report["checks"][0]["error"]

@@ -83,7 +83,7 @@ def test_validator_that_failed_to_import_is_an_error(tmp_path):
 
 
 def test_unknown_metric_names_the_line(tmp_path, registry):
-    msg, path = _error(tmp_path, registry, BASE.replace("metric: fraction_flagged", "metric: fid"))
+    msg, path = _error(tmp_path, registry, BASE.replace("metric: fraction_flagged", "metric: is_score"))
     assert f"{path}:15:" in msg and "fraction_flagged" in msg  # lists what is allowed
 
 

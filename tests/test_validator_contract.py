@@ -51,7 +51,8 @@ def test_declared_metrics_and_columns(name):
     assert cls.columns[0] == "sample_id"
     names = [m.name for m in cls.metrics]
     assert names and len(names) == len(set(names))
-    assert all(m.column in cls.columns and m.description for m in cls.metrics)
+    assert all((m.aggregate == "scalar" or m.column in cls.columns) and m.description for m in cls.metrics)
+    assert all((m.aggregate == "scalar") == (m.column is None) for m in cls.metrics)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -63,8 +64,11 @@ def test_output_is_deterministic_for_a_seed_and_matches_the_declaration(name, sm
     assert list(a.table.columns[: len(cls.columns)]) == list(cls.columns)
     assert a.table["sample_id"].tolist() == list(cand.ids)
     pd.testing.assert_frame_equal(a.table, b.table)
+    assert a.scalars.keys() == b.scalars.keys()
+    assert np.allclose(list(a.scalars.values()), list(b.scalars.values()), equal_nan=True)
     for m in cls.metrics:
-        assert np.isfinite(m.compute(a.table))
+        value = m.compute(a.table, a.scalars)
+        assert np.isfinite(value) or (m.aggregate == "scalar" and m.name in a.scalars), m.name
 
 
 @pytest.mark.parametrize("name", NAMES)

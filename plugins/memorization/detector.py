@@ -67,9 +67,19 @@ class Detector:
         n = len(train)
         train_layers = [r[:n] for r in reference]  # transform 0 is the identity
         cal = self.features(calibration, progress) if calibration is not None else None
+        self.calibration_features_ = cal
         self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed).fit(
             train_layers, reference, len(self.transforms), cal)
         return self
 
     def score(self, images: np.ndarray, progress: Progress = lambda _n: None) -> maths.Scores:
         return self.index_.score(self.features(images, progress))
+
+    def embed(self, layers: list[np.ndarray]) -> np.ndarray:
+        """One unit vector per image: the whitened, L2-normalised layers side by side, scaled by
+        1/sqrt(layers). The baselines are computed in this space."""
+        z = [maths.whiten(f, w) for f, w in zip(layers, self.index_.whiteners_)]
+        return np.concatenate(z, axis=1).astype(np.float64) / np.sqrt(len(z))
+
+    def train_embedding(self) -> np.ndarray:
+        return np.concatenate(self.index_.train_, axis=1).astype(np.float64) / np.sqrt(len(self.index_.train_))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gate.errors import InputError
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
-from gate_plugins.memorization import figures, maths
+from gate_plugins.memorization import baselines, figures, maths
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
 
@@ -47,7 +47,7 @@ class MemorizationValidator:
     Params: ClassVar[type[BaseModel]] = MemorizationParams
     columns: ClassVar[tuple[str, ...]] = (
         "sample_id", "similarity", "mi", "oni", "nn_train_id", "consensus", "p_value", "flagged",
-        "nn_transform", "copy_evidence")
+        "nn_transform", "copy_evidence", "authentic")
     metrics: ClassVar[tuple[MetricDef, ...]] = (
         MetricDef("mi_mean", "mi", "mean", "mean Memorization Index (z-score against the calibration null)"),
         MetricDef("oni_mean", "oni", "mean", "mean Overfit/Novelty Index, -tanh(MI): -1 copy, +1 novel"),
@@ -58,6 +58,15 @@ class MemorizationValidator:
                   "Storey estimate of the fraction of copied samples (0 on average for a novel set)"),
         MetricDef("p_min", "p_value", "min", "smallest per-sample p-value"),
         MetricDef("similarity_mean", "similarity", "mean", "mean aggregated 1-NN cosine similarity s"),
+        # the paper's baselines, in the same feature space (see README); they describe, the index decides
+        MetricDef("authenticity", "authentic", "mean",
+                  "share of authentic samples (Alaa et al. 2022): not closer to their nearest train image "
+                  "than that image is to its own nearest train neighbour"),
+        MetricDef("fid", None, "scalar", "Frechet distance between candidate and train features (falls when copying)"),
+        MetricDef("mmd", None, "scalar", "unbiased RBF-kernel MMD^2 between candidate and train features"),
+        MetricDef("kid", None, "scalar", "Kernel Inception Distance (cubic kernel) between candidate and train"),
+        MetricDef("ct", None, "scalar", "data-copying statistic C_T (Meehan et al. 2020) against the holdout: "
+                                        "strongly negative when copying; needs data.holdout"),
     )
 
     def run(self, context: CheckContext, params: MemorizationParams) -> CheckOutput:
@@ -83,8 +92,19 @@ class MemorizationValidator:
         tick = context.progress(f"memorization: {extractor.name} reference", n_ref)
         detector.fit(train.images, digest=train.manifest_sha256(),
                      calibration=holdout.images if use_holdout else None, progress=tick)
-        scores = detector.score(cand.images, context.progress("memorization: candidates", len(cand)))
+        cand_layers = detector.features(cand.images, context.progress("memorization: candidates", len(cand)))
         index = detector.index_
+        scores = index.score(cand_layers)
+        emb_train, emb_cand = detector.train_embedding(), detector.embed(cand_layers)
+        emb_hold = detector.embed(detector.calibration_features_) if detector.calibration_features_ else None
+        authentic = baselines.authenticity(emb_train, emb_cand)
+        scalars = {
+            "fid": baselines.frechet_distance(emb_train, emb_cand) if len(cand) > 1 else float("nan"),
+            "mmd": baselines.mmd_rbf(emb_train, emb_cand) if len(cand) > 1 else float("nan"),
+            "kid": baselines.kid(emb_train, emb_cand) if len(cand) > 1 else float("nan"),
+            "ct": baselines.data_copying_ct(emb_train, emb_hold, emb_cand, seed=context.seed)
+            if emb_hold is not None else float("nan"),
+        }
 
         if params.flagging == "bh":
             flagged = maths.benjamini_hochberg(scores.p_value, params.fdr)
@@ -103,6 +123,7 @@ class MemorizationValidator:
             "flagged": flagged.astype(int),
             "nn_transform": [detector.transforms[t] for t in scores.nn_transform[0]],
             "copy_evidence": evidence,
+            "authentic": authentic.astype(int),
         })
         for k, layer in enumerate(extractor.layers):
             table[f"similarity_{layer}"] = scores.per_layer[k]
@@ -118,6 +139,7 @@ class MemorizationValidator:
                  for i in shown]
         return CheckOutput(
             table=table,
+            scalars=scalars,
             provenance={
                 "extractor": extractor.name,
                 "extractor_layers": list(extractor.layers),
