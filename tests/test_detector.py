@@ -52,3 +52,24 @@ def test_reference_features_are_cached_by_content(mri, ext, tmp_path):
 def test_dihedral_needs_square_images(ext):
     with pytest.raises(ValueError, match="square"):
         Detector(ext, "dihedral").fit(np.zeros((8, 32, 48), np.float32))
+
+
+def test_benchmark_set_level_score_rises_with_duplication(mri, ext):
+    from gate.imageio import read_image_folder
+    from gate_plugins.memorization.benchmark import run_benchmark
+
+    test = read_image_folder(mri["novel"], "test").images
+    holdout = read_image_folder(mri["holdout"], "holdout").images
+    det = Detector(ext, "dihedral")
+    det.use_calibration = True
+    levels = (0.1, 0.3, 0.6, 0.9)
+    result = run_benchmark(mri["train_images"], test, {"default": det}, calibration=holdout,
+                           conditions=("clean", "vflip", "noise_0.02"), levels=levels)
+    for cond in ("clean", "vflip", "noise_0.02"):
+        rows = result.by_condition("default", cond)
+        cf = [r.copied_fraction for r in rows]
+        assert all(b >= a for a, b in zip(cf, cf[1:])) and cf[-1] - cf[0] > 0.5, (cond, cf)
+        assert min(r.auc for r in rows) > 0.99, cond
+    scores = result.set_scores
+    assert scores[("clean", 0.9)]["ct"] < scores[("clean", 0.1)]["ct"]
+    assert scores[("clean", 0.9)]["authenticity"] < scores[("clean", 0.1)]["authenticity"]

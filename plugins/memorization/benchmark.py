@@ -26,6 +26,10 @@ class BenchRow:
     mi_mean: float
 
 
+#: set-level scores compared as in the paper's Tables 1-2 (computed for the first variant only)
+SET_SCORES = ("copied_fraction", "fraction_flagged", "authenticity", "ct", "fid", "mmd", "kid")
+
+
 @dataclasses.dataclass(frozen=True)
 class VariantStats:
     extract_images_per_s: float
@@ -43,6 +47,7 @@ class BenchResult:
     rows: list[BenchRow]
     stats: dict[str, VariantStats]
     fdr: float
+    set_scores: dict[tuple[str, float], dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def by_condition(self, variant: str, condition: str) -> list[BenchRow]:
         return [r for r in self.rows if r.variant == variant and r.condition == condition]
@@ -58,8 +63,11 @@ def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detec
                   levels=LEVELS, fdr: float = 0.05, seed: int = 0) -> BenchResult:
     """``test`` holds real images of subjects absent from ``train``; ``calibration`` (optional) real
     images of yet other subjects, used as the holdout null by variants whose detector is fitted with it."""
+    from gate_plugins.memorization import baselines
+
     rows: list[BenchRow] = []
     stats: dict[str, VariantStats] = {}
+    set_scores: dict[tuple[str, float], dict[str, float]] = {}
     contaminations = {c: contaminate(train, len(test), c, max(levels), seed + i) for i, c in enumerate(conditions)}
     for label, det in variants.items():
         t0 = time.perf_counter()
@@ -77,17 +85,34 @@ def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detec
             calibration=det.index_.calibration_,
             novel_fpr={a: float(np.mean(base.p_value <= a)) for a in (0.01, 0.05, 0.10)},
             novel_flagged=float(maths.benjamini_hochberg(base.p_value, fdr).mean()))
+        first = not set_scores
+        if first:
+            emb_train, emb_test = det.train_embedding(), det.embed(test_layers)
+            emb_real = det.embed(det.features(calibration)) if calibration is not None else None
         for cond, cont in contaminations.items():
-            copies = det.score(cont.copies)
+            copy_layers = det.features(cont.copies)
+            copies = det.index_.score(copy_layers)
+            emb_copies = det.embed(copy_layers) if first else None
             for level in levels:
                 labels, used = cont.at(level, len(test))
                 s, p, mi = base.similarity.copy(), base.p_value.copy(), base.mi.copy()
                 pos = cont.positions[used]
                 s[pos], p[pos], mi[pos] = copies.similarity[used], copies.p_value[used], copies.mi[used]
-                rows.append(BenchRow(label, cond, level, float(roc_auc_score(labels, s)), _tpr_at(labels, s, 0.01),
-                                     float(maths.benjamini_hochberg(p, fdr).mean()),
-                                     float(maths.copy_evidence(p).mean()), float(mi.mean())))
-    return BenchResult(rows, stats, fdr)
+                row = BenchRow(label, cond, level, float(roc_auc_score(labels, s)), _tpr_at(labels, s, 0.01),
+                               float(maths.benjamini_hochberg(p, fdr).mean()),
+                               float(maths.copy_evidence(p).mean()), float(mi.mean()))
+                rows.append(row)
+                if first:
+                    emb = emb_test.copy()
+                    emb[pos] = emb_copies[used]
+                    set_scores[(cond, level)] = {
+                        "copied_fraction": row.copied_fraction, "fraction_flagged": row.fraction_flagged,
+                        "authenticity": float(baselines.authenticity(emb_train, emb).mean()),
+                        "ct": baselines.data_copying_ct(emb_train, emb_real, emb, seed=seed)
+                        if emb_real is not None else float("nan"),
+                        "fid": baselines.frechet_distance(emb_train, emb), "mmd": baselines.mmd_rbf(emb_train, emb),
+                        "kid": baselines.kid(emb_train, emb)}
+    return BenchResult(rows, stats, fdr, set_scores)
 
 
 def render_tables(result: BenchResult) -> str:
@@ -135,4 +160,16 @@ def render_tables(result: BenchResult) -> str:
         out.append(f"| {v} | {st.calibration} | {f[0.01]:.3f} | {f[0.05]:.3f} | {f[0.10]:.3f} | "
                    f"{st.novel_flagged:.3f} | {st.extract_images_per_s:.0f} | {st.search_queries_per_s:.0f} | "
                    f"{st.fit_s:.1f} |")
+    if result.set_scores:
+        first = variants[0]
+        paper_conds = [c for c in CONDITIONS if any(k[0] == c for k in result.set_scores)]
+        out.extend(["", f"Set-level scores of {first} and the baselines (same feature space), over the paper's "
+                        f"{len(paper_conds)} conditions: mean (SD across conditions; the paper's Table 1 spread)", "",
+                    "| duplication | " + " | ".join(SET_SCORES) + " |", "|---|" + "---|" * len(SET_SCORES)])
+        for lv in levels:
+            cells = []
+            for name in SET_SCORES:
+                vals = np.array([result.set_scores[(c, lv)][name] for c in paper_conds])
+                cells.append(f"{np.nanmean(vals):.3g} ({np.nanstd(vals):.2g})")
+            out.append(f"| {lv:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(out)
