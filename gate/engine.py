@@ -105,6 +105,8 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         tables[check.id] = out.table
         figures[check.id] = out.figures
         result.provenance, result.diagnostics = out.provenance, out.diagnostics
+        if out.error:
+            result.status, result.error = "error", out.error
         defs = {m.name: m for m in loaded.cls.metrics}
         result.metrics = {name: _finite_or_none(m.compute(out.table, out.scalars)) for name, m in defs.items()}
         scalars[check.id] = {k: v for k, v in out.scalars.items()}

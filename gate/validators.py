@@ -85,6 +85,9 @@ class CheckOutput:
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
     diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
     figures: list[Figure] = dataclasses.field(default_factory=list)
+    #: set when the validator ran but cannot vouch for its result (e.g. a failed self-check): the
+    #: metrics are kept in the report, and the check counts as an error, so it blocks
+    error: str | None = None
 
 
 @runtime_checkable

@@ -25,13 +25,13 @@ def save_slices(folder: Path, images: np.ndarray, ids: list[str]) -> Path:
 
 @pytest.fixture(scope="session")
 def mri(tmp_path_factory):
-    """Folders of real-template slices: train (4 subjects x 24 slices), holdout (2 x 12), novel candidates (2 other
+    """Folders of real-template slices: train (4 subjects x 24 slices), holdout (4 x 12), novel candidates (2 other
     subjects) and copies (noised, rescaled train slices)."""
     from gate_plugins.mri.subjects import subject_slices
 
     root = tmp_path_factory.mktemp("mri")
     train, train_ids = subject_slices(range(1, 5), 24)
-    holdout, holdout_ids = subject_slices(range(201, 203), 12)
+    holdout, holdout_ids = subject_slices(range(201, 205), 12)
     novel, novel_ids = subject_slices(range(301, 303), 12)
     rng = np.random.default_rng(7)
     pick = rng.choice(len(train), 24, replace=False)

@@ -163,3 +163,41 @@ def test_a_rule_on_a_metric_that_cannot_be_computed_fails_closed(tmp_path, mri, 
     rule = report["checks"][0]["rules"][0]
     assert rule["value"] is None and rule["passed"] is False
     assert report["verdict"] == "error" and "metric ct could not be computed" in report["checks"][0]["error"]
+
+
+def test_self_check_runs_on_every_validation(tmp_path, mri, policy, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = gate("validate", "--policy", policy, "--samples", mri["novel"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    check = json.loads((tmp_path / "out" / "report.json").read_text())["checks"][0]
+    sc = check["diagnostics"]["self_check"]
+    assert sc["passed"] and sc["n_planted"] == 48 and sc["planted_flagged"] == 48 and sc["n_novel"] == 48
+    assert check["diagnostics"]["calibration"] == "holdout"
+
+
+def test_failed_self_check_blocks_but_keeps_the_metrics(tmp_path, mri, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    small = tmp_path / "small_holdout"
+    small.mkdir()
+    for f in sorted(mri["holdout"].glob("*.npy"))[:10]:
+        shutil.copy(f, small / f.name)
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], small)
+    res = gate("validate", "--policy", policy, "--samples", mri["novel"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 3, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    check = report["checks"][0]
+    assert report["verdict"] == "error" and check["status"] == "error"
+    assert "self-check failed" in check["error"] and "too coarse" in check["error"]
+    assert check["metrics"]["mi_mean"] is not None and check["rules"][0]["value"] is not None
+
+
+def test_without_a_holdout_the_self_check_uses_planted_copies_only(tmp_path, mri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    policy = write_policy(tmp_path / "p.yaml", mri["train"])
+    res = gate("validate", "--policy", policy, "--samples", mri["copies"], "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 1, res.output
+    check = json.loads((tmp_path / "out" / "report.json").read_text())["checks"][0]
+    assert check["diagnostics"]["calibration"] == "train_halves"
+    assert check["diagnostics"]["self_check"]["n_novel"] == 0 and check["diagnostics"]["self_check"]["passed"]

@@ -171,3 +171,19 @@ def test_holdout_calibration_replaces_the_null():
     assert model.calibration_ == "holdout" and len(model.null_) == 40 and len(model.paper_null_) == 400
     s = model.score([f[:3] for f in train])
     assert np.allclose(s.p_value, 1 / 41)
+
+
+def test_leave_one_out_p_values():
+    assert maths.leave_one_out_p_values(np.array([0.3, 0.1, 0.2])).tolist() == [1 / 3, 3 / 3, 2 / 3]
+
+
+def test_self_check_passes_and_fails_for_the_right_reasons():
+    novel = np.linspace(0.02, 1.0, 100)
+    ok = maths.self_check(np.full(24, 0.001), novel, 0.05)
+    assert ok.passed and ok.planted_flagged == 24 and ok.novel_flagged <= 1
+    missed = maths.self_check(np.r_[np.full(23, 0.001), 0.9], novel, 0.05)
+    assert not missed.passed and "only 23 of 24 planted" in missed.reason
+    leaky = maths.self_check(np.full(24, 0.001), np.r_[np.full(10, 0.001), novel], 0.05)
+    assert not leaky.passed and "known-novel" in leaky.reason
+    positives_only = maths.self_check(np.full(5, 0.001), None, 0.05)
+    assert positives_only.passed and positives_only.n_novel == 0

@@ -217,3 +217,38 @@ class MemorizationIndex:
         mi, oni = mi_oni(s, self.mu0_, self.sigma0_)
         return Scores(similarity=s, per_layer=per_layer, nn_index=nn, nn_transform=transform,
                       consensus=consensus(list(nn)), mi=mi, oni=oni, p_value=conformal_p_values(s, self.null_))
+
+
+def leave_one_out_p_values(null: np.ndarray) -> np.ndarray:
+    """Conformal p-value of each calibration draw against the others: ``#{j: s_j >= s_i} / n``
+    (its own draw included, which stands for the ``1 +``)."""
+    v = np.asarray(null, dtype=np.float64)
+    ordered = np.sort(v)
+    return (len(v) - np.searchsorted(ordered, v, side="left")) / len(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfCheck:
+    n_planted: int
+    planted_flagged: int
+    n_novel: int
+    novel_flagged: int
+    passed: bool
+    reason: str
+
+
+def self_check(planted_p: np.ndarray, novel_p: np.ndarray | None, fdr: float) -> SelfCheck:
+    """Benjamini-Hochberg over known positives (planted copies) and known negatives (novel images):
+    every planted copy must be flagged, and the novel ones may make up at most ``fdr`` of the flags
+    (one false flag is always tolerated: the realised proportion of a small set is noisy)."""
+    planted_p = np.asarray(planted_p, dtype=np.float64)
+    novel_p = np.zeros(0) if novel_p is None else np.asarray(novel_p, dtype=np.float64)
+    flags = benjamini_hochberg(np.concatenate([planted_p, novel_p]), fdr)
+    hit, false = int(flags[: len(planted_p)].sum()), int(flags[len(planted_p):].sum())
+    reasons = []
+    if hit < len(planted_p):
+        reasons.append(f"only {hit} of {len(planted_p)} planted copies of train images were flagged")
+    if false > max(1, fdr * (hit + false)):
+        reasons.append(f"{false} of {len(novel_p)} known-novel holdout images were flagged "
+                       f"(more than the FDR {fdr:g} allows among {hit + false} flags)")
+    return SelfCheck(len(planted_p), hit, len(novel_p), false, not reasons, "; ".join(reasons))

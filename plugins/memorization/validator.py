@@ -3,6 +3,7 @@ transformations a copying generator can apply, with conformal p-values and Benja
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -16,6 +17,7 @@ from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
 from gate_plugins.memorization import baselines, figures, maths
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.memorization.transforms import apply, transform_set
 
 
 class MemorizationParams(BaseModel):
@@ -40,6 +42,10 @@ class MemorizationParams(BaseModel):
     mi_threshold: float = Field(3.0, allow_inf_nan=False, description="MI above which a sample is flagged "
                                                                       "(flagging: mi_threshold)")
     cache: bool = Field(True, description="reuse reference features from the content-addressed cache")
+    self_check: bool = Field(True, description="on every run, plant augmented train copies (and, with a holdout, "
+                                               "use the holdout as known-novel) and check the flags")
+    self_check_copies: int = Field(48, ge=1, le=1000, description="planted copies; BH needs about 1/fdr of them "
+                                                                  "to flag any at the coarsest p-value")
 
 
 class MemorizationValidator:
@@ -106,6 +112,10 @@ class MemorizationValidator:
             if emb_hold is not None else float("nan"),
         }
 
+        check = self_error = None
+        if params.self_check:
+            check, self_error = self._self_check(detector, train.images, params, context.seed)
+
         if params.flagging == "bh":
             flagged = maths.benjamini_hochberg(scores.p_value, params.fdr)
         else:
@@ -138,6 +148,7 @@ class MemorizationValidator:
                   f"p={scores.p_value[i]:.3g}", f"{train.ids[nn_first[i]]}\n{detector.transforms[scores.nn_transform[0][i]]}")
                  for i in shown]
         return CheckOutput(
+            error=self_error,
             table=table,
             scalars=scalars,
             provenance={
@@ -159,6 +170,7 @@ class MemorizationValidator:
                 "copied_fraction_ci95": _storey_ci(evidence),
                 "whitening_shrinkage": {layer: w.shrinkage for layer, w in zip(extractor.layers, index.whiteners_)},
                 "train_size": len(train), "candidate_size": m,
+                "self_check": dataclasses.asdict(check) if check else None,
             },
             figures=[
                 Figure("MI and ONI against the null", figures.histograms(scores.mi, null_mi, paper_mi, index.calibration_),
@@ -170,6 +182,36 @@ class MemorizationValidator:
                        "and the transformation under which it matched."),
             ],
         )
+
+
+    @staticmethod
+    def _self_check(detector: Detector, train: np.ndarray, params: MemorizationParams, seed: int):
+        """Known positives: augmented copies of train images (a random transform of the invariance set,
+        noise of 1 % of the range, intensity x U[0.9, 1.1]). Known negatives: the holdout, each image
+        scored against the others (leave-one-out), when the run is calibrated on a holdout. Held-out
+        train images are not used as negatives: slices of a training subject look like copies of it."""
+        rng = np.random.default_rng(seed + 7919)
+        transforms = transform_set(params.invariance)
+        src = rng.choice(len(train), size=params.self_check_copies, replace=params.self_check_copies > len(train))
+        planted = []
+        for i in src:
+            img = apply(train[i][None], transforms[rng.integers(len(transforms))][1])[0].astype(np.float64)
+            span = float(img.max() - img.min()) or 1.0
+            planted.append(img * rng.uniform(0.9, 1.1) + rng.normal(0, 0.01 * span, img.shape))
+        index = detector.index_
+        planted_p = index.score(detector.features(np.stack(planted).astype(np.float32))).p_value
+        novel_p = maths.leave_one_out_p_values(index.null_) if index.calibration_ == "holdout" else None
+        check = maths.self_check(planted_p, novel_p, params.fdr)
+        if check.passed:
+            return check, None
+        n = len(index.null_)
+        hint = ""
+        if check.planted_flagged < check.n_planted and 1 / (n + 1) > params.fdr * check.n_planted / (
+                check.n_planted + check.n_novel):
+            hint = (f" (with {n} calibration images the smallest p-value, 1/{n + 1}, is too coarse for BH at "
+                    f"fdr {params.fdr:g}: give a larger holdout, more self_check_copies or a larger fdr)")
+        return check, (f"memorization self-check failed: {check.reason}{hint}; the detector is not fit for "
+                       "this data, so this check cannot vouch for the candidate")
 
 
 def _storey_ci(evidence: np.ndarray) -> list[float]:
