@@ -43,10 +43,10 @@ def register(app: typer.Typer) -> None:
                 check_same_size(tr, ho)
             variants = {}
             for name in extractor or ["efficientnet-lite0"]:
-                for invariance in ("dihedral", "none"):
-                    det = Detector(build_extractor(name, None, prefilter_sigma), invariance)
-                    det.use_calibration = ho is not None
-                    variants[f"{name}, {invariance}"] = det
+                for label, invariance, nuisance in (("gate", "dihedral", 2), ("paper-style", "none", 0)):
+                    det = Detector(build_extractor(name, None, prefilter_sigma), invariance, nuisance_copies=nuisance)
+                    det.use_calibration = ho is not None and label == "gate"
+                    variants[f"{name}, {label}"] = det
         except GateError as exc:
             fail(exc)
         conditions = tuple(CONDITIONS) + (() if paper_conditions_only else tuple(EXTRA_CONDITIONS))

@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
+from gate_plugins.memorization.transforms import random_elastic, random_shift, random_zoom
+
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
@@ -34,34 +36,12 @@ CONDITIONS: dict[str, Augment] = {
     "intensity": lambda img, rng: img * rng.uniform(0.9, 1.1),
 }
 
-def _shift(img, rng):
-    h, w = img.shape
-    dy, dx = (rng.uniform(-0.1, 0.1) * h, rng.uniform(-0.1, 0.1) * w)
-    return ndi.shift(img, (dy, dx), order=1, mode="constant")
-
-
-def _zoom(img, rng):
-    z = rng.uniform(0.9, 1.1)
-    c = (np.array(img.shape) - 1) / 2
-    return ndi.affine_transform(img, np.eye(2) / z, offset=c - c / z, order=1, mode="constant")
-
-
 def _gamma(img, rng):
     return np.clip(img, 0, 1) ** np.exp(rng.uniform(np.log(0.75), np.log(1.33)))
 
 
 def _blur(img, rng):
     return ndi.gaussian_filter(img, rng.uniform(0.5, 1.5))
-
-
-def _elastic(img, rng, alpha_px=2.0, sigma_px=8.0):
-    """Mild elastic deformation: a smooth random displacement of about ``alpha_px`` pixels."""
-    fields = []
-    for _ in range(2):
-        f = ndi.gaussian_filter(rng.standard_normal(img.shape), sigma_px)
-        fields.append(f / (f.std() + 1e-12) * alpha_px)
-    yy, xx = np.indices(img.shape, dtype=np.float64)
-    return ndi.map_coordinates(img, [yy + fields[0], xx + fields[1]], order=1, mode="constant")
 
 
 def _then(*augs: Augment) -> Augment:
@@ -74,14 +54,14 @@ def _then(*augs: Augment) -> Augment:
 
 #: beyond the paper: misalignment, contrast and smoothing a generator (or augmentation) may add
 EXTRA_CONDITIONS: dict[str, Augment] = {
-    "shift_10pct": _shift,
-    "zoom_0.9-1.1": _zoom,
+    "shift_10pct": random_shift,
+    "zoom_0.9-1.1": random_zoom,
     "gamma_0.75-1.33": _gamma,
     "blur_0.5-1.5": _blur,
-    "elastic_2px": _elastic,
-    "hflip+shift": _then(CONDITIONS["hflip"], _shift),
-    "rotation_5+zoom": _then(CONDITIONS["rotation_5"], _zoom),
-    "vflip+elastic": _then(CONDITIONS["vflip"], _elastic),
+    "elastic_2px": random_elastic,
+    "hflip+shift": _then(CONDITIONS["hflip"], random_shift),
+    "rotation_5+zoom": _then(CONDITIONS["rotation_5"], random_zoom),
+    "vflip+elastic": _then(CONDITIONS["vflip"], random_elastic),
     "noise_0.02+gamma": _then(_gamma, CONDITIONS["noise_0.02"]),
 }
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from gate_plugins.memorization import cache, maths
 from gate_plugins.memorization.extractors import FeatureExtractor
-from gate_plugins.memorization.transforms import Invariance, apply, transform_set
+from gate_plugins.memorization.transforms import Invariance, apply, misalign, transform_set
 
 Progress = Callable[[int], None]
 
@@ -30,6 +30,8 @@ class Detector:
     null_seed: int = 1234
     batch_size: int = 32
     cache_dir: Path | None = None
+    #: misaligned copies of each train image whose feature changes the whitening learns to ignore
+    nuisance_copies: int = 2
 
     @property
     def transforms(self) -> list[str]:
@@ -40,36 +42,48 @@ class Detector:
         return [feats[k] for k in self.extractor.layers]
 
     def reference_features(self, train: np.ndarray, digest: str | None = None,
-                           progress: Progress = lambda _n: None) -> tuple[list[np.ndarray], bool]:
-        """Train features under every transform, transform-major, from the cache when possible."""
+                           progress: Progress = lambda _n: None) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
+        """Train features under every transform (transform-major) and the nuisance feature changes,
+        from the cache when possible."""
         transforms = transform_set(self.invariance)
         if len(transforms) > 1 and train.shape[1] != train.shape[2]:
             raise ValueError(f"invariance '{self.invariance}' needs square images, got {train.shape[1:]}")
+        n_layers = len(self.extractor.layers)
         key = None
         if self.cache_dir is not None:
-            key = cache.cache_key(kind="memorization-reference", format=1, train=digest or content_digest(train),
+            key = cache.cache_key(kind="memorization-reference", format=2, train=digest or content_digest(train),
                                   extractor=self.extractor.name, weights=self.extractor.weights_sha256(),
                                   prefilter=getattr(self.extractor, "prefilter_sigma", 0.0),
-                                  layers=list(self.extractor.layers), transforms=self.transforms)
+                                  layers=list(self.extractor.layers), transforms=self.transforms,
+                                  nuisance_copies=self.nuisance_copies)
             hit = cache.load(self.cache_dir, key)
-            if hit is not None and all(k in hit for k in self.extractor.layers):
-                progress(len(train) * len(transforms))
-                return [hit[k] for k in self.extractor.layers], True
+            names = [f"ref_{k}" for k in range(n_layers)] + [f"nuis_{k}" for k in range(n_layers)]
+            if hit is not None and all(k in hit for k in names):
+                progress(len(train) * (len(transforms) + self.nuisance_copies))
+                return ([hit[f"ref_{k}"] for k in range(n_layers)], [hit[f"nuis_{k}"] for k in range(n_layers)], True)
         parts = [self.features(apply(train, fn), progress) for _, fn in transforms]
-        layers = [np.concatenate([p[k] for p in parts]) for k in range(len(self.extractor.layers))]
+        reference = [np.concatenate([p[k] for p in parts]) for k in range(n_layers)]
+        nuisance = [np.zeros((0, r.shape[1])) for r in reference]
+        if self.nuisance_copies:
+            rng = np.random.default_rng(0)  # fixed: the same train set always gives the same whitening
+            src = np.tile(np.arange(len(train)), self.nuisance_copies)
+            moved = np.stack([misalign(train[i].astype(np.float64), rng) for i in src]).astype(np.float32)
+            feats = self.features(moved, progress)
+            nuisance = [f - r[src] for f, r in zip(feats, reference)]  # rows 0..N-1 are the identity
         if key is not None:
-            cache.store(self.cache_dir, key, dict(zip(self.extractor.layers, layers)))
-        return layers, False
+            cache.store(self.cache_dir, key, {**{f"ref_{k}": r for k, r in enumerate(reference)},
+                                               **{f"nuis_{k}": d for k, d in enumerate(nuisance)}})
+        return reference, nuisance, False
 
     def fit(self, train: np.ndarray, *, digest: str | None = None, calibration: np.ndarray | None = None,
             progress: Progress = lambda _n: None) -> "Detector":
-        reference, self.cache_hit_ = self.reference_features(train, digest, progress)
+        reference, nuisance, self.cache_hit_ = self.reference_features(train, digest, progress)
         n = len(train)
         train_layers = [r[:n] for r in reference]  # transform 0 is the identity
         cal = self.features(calibration, progress) if calibration is not None else None
         self.calibration_features_ = cal
         self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed).fit(
-            train_layers, reference, len(self.transforms), cal)
+            train_layers, reference, len(self.transforms), cal, nuisance if self.nuisance_copies else None)
         return self
 
     def score(self, images: np.ndarray, progress: Progress = lambda _n: None) -> maths.Scores:

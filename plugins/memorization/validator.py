@@ -18,6 +18,7 @@ from gate_plugins.memorization import baselines, figures, maths
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
 from gate_plugins.memorization.transforms import apply, transform_set
+from gate_plugins.memorization.volumes import copied_volumes
 
 
 class MemorizationParams(BaseModel):
@@ -29,6 +30,9 @@ class MemorizationParams(BaseModel):
     prefilter_sigma: float = Field(2.0, ge=0, le=10, description="Gaussian low-pass (pixels) before features")
     invariance: Literal["dihedral", "none"] = Field(
         "dihedral", description="match under the 8 flips/90-degree rotations ('none': the paper's plain matching)")
+    nuisance_copies: int = Field(
+        2, ge=0, le=10, description="misaligned copies (shift, zoom, elastic) per train image whose feature "
+                                    "changes the whitening learns to ignore; 0 is the paper's whitening")
     covariance: Literal["ledoit_wolf", "empirical"] = Field(
         "ledoit_wolf", description="covariance behind the ZCA whitening; 'empirical' is the paper's")
     calibration: Literal["auto", "holdout", "train_halves"] = Field(
@@ -71,6 +75,8 @@ class MemorizationValidator:
         MetricDef("fid", None, "scalar", "Frechet distance between candidate and train features (falls when copying)"),
         MetricDef("mmd", None, "scalar", "unbiased RBF-kernel MMD^2 between candidate and train features"),
         MetricDef("kid", None, "scalar", "Kernel Inception Distance (cubic kernel) between candidate and train"),
+        MetricDef("n_copied_volumes", None, "scalar", "candidate volumes whose flagged slices match consecutive "
+                                                      "slices of one train volume (0 for 2D data)"),
         MetricDef("ct", None, "scalar", "data-copying statistic C_T (Meehan et al. 2020) against the holdout: "
                                         "strongly negative when copying; needs data.holdout"),
     )
@@ -93,8 +99,8 @@ class MemorizationValidator:
 
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
-                            context.batch_size, context.cache_dir if params.cache else None)
-        n_ref = len(train) * len(detector.transforms) + (len(holdout) if use_holdout else 0)
+                            context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies)
+        n_ref = len(train) * (len(detector.transforms) + params.nuisance_copies) + (len(holdout) if use_holdout else 0)
         tick = context.progress(f"memorization: {extractor.name} reference", n_ref)
         detector.fit(train.images, digest=train.manifest_sha256(),
                      calibration=holdout.images if use_holdout else None, progress=tick)
@@ -137,6 +143,8 @@ class MemorizationValidator:
         })
         for k, layer in enumerate(extractor.layers):
             table[f"similarity_{layer}"] = scores.per_layer[k]
+        volumes = copied_volumes(table["sample_id"], table["nn_train_id"], flagged)
+        scalars["n_copied_volumes"] = float(sum(v.copied for v in volumes))
 
         m, n_null = len(cand), len(index.null_)
         p_floor = 1.0 / (n_null + 1)
@@ -171,6 +179,7 @@ class MemorizationValidator:
                 "whitening_shrinkage": {layer: w.shrinkage for layer, w in zip(extractor.layers, index.whiteners_)},
                 "train_size": len(train), "candidate_size": m,
                 "self_check": dataclasses.asdict(check) if check else None,
+                "volumes": [dataclasses.asdict(v) for v in volumes],
             },
             figures=[
                 Figure("MI and ONI against the null", figures.histograms(scores.mi, null_mi, paper_mi, index.calibration_),
