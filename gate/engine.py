@@ -109,6 +109,7 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
             result.status, result.error = "error", out.error
         defs = {m.name: m for m in loaded.cls.metrics}
         result.metrics = {name: _finite_or_none(m.compute(out.table, out.scalars)) for name, m in defs.items()}
+        result.metric_descriptions = {name: m.description for name, m in defs.items()}
         scalars[check.id] = {k: v for k, v in out.scalars.items()}
         for j, rule in enumerate(check.rules):
             metric_defs[(check.id, rule.metric)] = defs[rule.metric]

@@ -28,6 +28,7 @@ class CheckResult(BaseModel):
     error: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float | None] = Field(default_factory=dict)
+    metric_descriptions: dict[str, str] = Field(default_factory=dict)
     rules: list[RuleOutcome] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
     diagnostics: dict[str, Any] = Field(default_factory=dict)
