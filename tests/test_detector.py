@@ -73,3 +73,20 @@ def test_benchmark_set_level_score_rises_with_duplication(mri, ext):
     scores = result.set_scores
     assert scores[("clean", 0.9)]["ct"] < scores[("clean", 0.1)]["ct"]
     assert scores[("clean", 0.9)]["authenticity"] < scores[("clean", 0.1)]["authenticity"]
+
+
+def test_batched_views_give_the_same_features_as_materialised_arrays(mri, ext):
+    from gate_plugins.memorization.detector import _Misaligned, _Transformed
+    from gate_plugins.memorization.transforms import misalign
+
+    train = mri["train_images"][:10]
+    fn = transform_set("dihedral")[3][1]
+    det = Detector(ext, "dihedral", batch_size=4)
+    lazy = det.features(_Transformed(train, fn))
+    eager = det.features(apply(train, fn))
+    assert all(np.allclose(a, b) for a, b in zip(lazy, eager))
+    src = np.tile(np.arange(10), 2)
+    moved = det.features(_Misaligned(train, src, np.random.default_rng(0)))
+    rng = np.random.default_rng(0)
+    direct = det.features(np.stack([misalign(train[i].astype(np.float64), rng) for i in src]).astype(np.float32))
+    assert all(np.allclose(a, b) for a, b in zip(moved, direct))

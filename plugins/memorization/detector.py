@@ -17,6 +17,32 @@ from gate_plugins.memorization.transforms import Invariance, apply, misalign, tr
 Progress = Callable[[int], None]
 
 
+class _Transformed:
+    """A transformed view of an image array, materialised one batch at a time."""
+
+    def __init__(self, images: np.ndarray, fn):
+        self.images, self.fn = images, fn
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        return apply(self.images[sl], self.fn)
+
+
+class _Misaligned:
+    """Misaligned copies of ``images[src]``, drawn in order from ``rng`` one batch at a time."""
+
+    def __init__(self, images: np.ndarray, src: np.ndarray, rng: np.random.Generator):
+        self.images, self.src, self.rng = images, src, rng
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        return np.stack([misalign(self.images[i].astype(np.float64), self.rng) for i in self.src[sl]]).astype(np.float32)
+
+
 def content_digest(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
 
@@ -61,14 +87,13 @@ class Detector:
             if hit is not None and all(k in hit for k in names):
                 progress(len(train) * (len(transforms) + self.nuisance_copies))
                 return ([hit[f"ref_{k}"] for k in range(n_layers)], [hit[f"nuis_{k}"] for k in range(n_layers)], True)
-        parts = [self.features(apply(train, fn), progress) for _, fn in transforms]
+        parts = [self.features(_Transformed(train, fn), progress) for _, fn in transforms]
         reference = [np.concatenate([p[k] for p in parts]) for k in range(n_layers)]
         nuisance = [np.zeros((0, r.shape[1])) for r in reference]
         if self.nuisance_copies:
             rng = np.random.default_rng(0)  # fixed: the same train set always gives the same whitening
             src = np.tile(np.arange(len(train)), self.nuisance_copies)
-            moved = np.stack([misalign(train[i].astype(np.float64), rng) for i in src]).astype(np.float32)
-            feats = self.features(moved, progress)
+            feats = self.features(_Misaligned(train, src, rng), progress)
             nuisance = [f - r[src] for f, r in zip(feats, reference)]  # rows 0..N-1 are the identity
         if key is not None:
             cache.store(self.cache_dir, key, {**{f"ref_{k}": r for k, r in enumerate(reference)},

@@ -57,14 +57,14 @@ class _TorchExtractor:
         raise NotImplementedError
 
     def extract(self, images, batch_size=32, progress=lambda _n: None):
-        x = preprocess(images, self.prefilter_sigma)
+        """Preprocess and run one batch at a time, so that working memory follows the batch size."""
         out: list[list[np.ndarray]] = [[] for _ in self.layers]
         with torch.inference_mode():
-            for start in range(0, len(x), batch_size):
-                batch = torch.from_numpy(x[start:start + batch_size])[:, None]
-                for k, feat in enumerate(self._layers(batch)):
+            for start in range(0, len(images), batch_size):
+                x = preprocess(images[start:start + batch_size], self.prefilter_sigma)
+                for k, feat in enumerate(self._layers(torch.from_numpy(x)[:, None])):
                     out[k].append(feat.double().numpy())
-                progress(len(batch))
+                progress(len(x))
         return {name: np.concatenate(parts) for name, parts in zip(self.layers, out)}
 
 
