@@ -32,6 +32,9 @@ def test_copies_are_blocked_and_every_report_is_written(tmp_path, mri, policy, m
     assert report["verdict"] == "fail" and report["blocking"] is True
     check = report["checks"][0]
     assert check["metrics"]["fraction_flagged"] > 0.5
+    flagged = check["diagnostics"]["flagged_samples"]
+    assert len(flagged) == check["metrics"]["n_flagged"]
+    assert all(f["sample_id"] == f"copy_of_{f['nn_train_id']}" and f["transform"] == "rot0" for f in flagged)
     assert check["rules"][0]["passed"] is False and check["rules"][0]["gx_success"] is False
     prov = report["provenance"]
     assert prov["policy_sha256"] and prov["libraries"]["mlflow"] and prov["seeds"]["candidate"] == 0

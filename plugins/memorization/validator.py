@@ -180,6 +180,11 @@ class MemorizationValidator:
                 "train_size": len(train), "candidate_size": m,
                 "self_check": dataclasses.asdict(check) if check else None,
                 "volumes": [dataclasses.asdict(v) for v in volumes],
+                "flagged_samples": [
+                    {"sample_id": r.sample_id, "nn_train_id": r.nn_train_id, "transform": r.nn_transform,
+                     "similarity": float(r.similarity), "mi": float(r.mi), "p_value": float(r.p_value)}
+                    for r in table[table["flagged"] == 1].sort_values("similarity", ascending=False)
+                    .head(100).itertuples()],
             },
             figures=[
                 Figure("MI and ONI against the null", figures.histograms(scores.mi, null_mi, paper_mi, index.calibration_),
