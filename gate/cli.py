@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 import typer
 from rich.console import Console
 
-from gate.errors import ExitCode, GateError
+from gate.errors import GateError
 
 COMMANDS_GROUP = "gate.commands"
 DEFAULT_POLICY = Path("policies/default.yaml")

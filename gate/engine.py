@@ -11,7 +11,6 @@ from typing import Any, Callable
 import pandas as pd
 
 from gate import __version__
-from gate.errors import ConfigError
 from gate.imageio import check_same_size, read_image_folder
 from gate.imageset import ImageSet
 from gate.policy import LoadedPolicy, load_policy
@@ -180,9 +179,3 @@ def _summary(verdict: str, results: list[CheckResult], mode: str) -> str:
             "fail": "blocked by " + "; ".join(failed),
             "error": "not validated: " + "; ".join(errors)}[verdict]
     return text + (" (audit mode: recorded, not enforced)" if mode == "audit" and verdict != "pass" else "")
-
-
-def require_policy_file(path: Path) -> Path:
-    if not Path(path).is_file():
-        raise ConfigError(f"{path}: policy file not found")
-    return Path(path)

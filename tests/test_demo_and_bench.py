@@ -1,6 +1,5 @@
 """The README's main job (``gate demo``) and the benchmark command, run as a user would."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,11 +1,10 @@
 """Policy loading: every problem is one line naming the file and the line."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_policy
+from conftest import REPO
 from gate.errors import ConfigError
 from gate.policy import load_policy, policy_json_schema
 from gate.validators import ValidatorRegistry, discover

@@ -1,7 +1,6 @@
 """One contract, run over every validator registered in the ``gate.validators`` entry-point group:
 a new plugin is checked the moment it is installed."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
