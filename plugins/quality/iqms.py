@@ -1,0 +1,142 @@
+"""MRIQC-style image-quality measures adapted to 2D slices (formulas after mriqc/qc/anatomical.py).
+
+Every function takes a float image and boolean masks and returns a finite float. Where a measure is
+undefined on an image (no background, an empty tissue class, a constant image) it returns the
+documented sentinel ``-1.0`` (as MRIQC does for FBER), never NaN and never raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import ndimage as ndi
+
+UNDEFINED = -1.0
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a set of values (between-class variance maximised over a histogram)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def head_mask(img: np.ndarray) -> np.ndarray:
+    """Foreground: above Otsu's threshold, closed and hole-filled."""
+    mask = img > otsu_threshold(img)
+    return ndi.binary_fill_holes(ndi.binary_closing(mask, iterations=2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tissues:
+    head: np.ndarray
+    csf: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+
+
+def estimate_tissues(img: np.ndarray, labels: np.ndarray | None = None, smoothing: float = 1.0) -> Tissues:
+    """GM/WM/CSF masks: from a label map (0 background, 1 CSF, 2 GM, 3 WM) when given, else by
+    splitting the foreground intensities of a T1 image into three classes (dark CSF, GM, bright WM)
+    with Otsu thresholds. The split is made on a copy smoothed by ``smoothing`` pixels (as a
+    segmentation with a spatial prior would), so that noise widens the classes' intensity spread
+    instead of being cut away by the thresholds."""
+    img = ndi.gaussian_filter(np.asarray(img, dtype=np.float64), smoothing) if smoothing > 0 else img
+    head = head_mask(img)
+    if labels is not None:
+        return Tissues(head, labels == 1, labels == 2, labels == 3)
+    fg = img[head]
+    if fg.size < 3 or fg.max() <= fg.min():
+        empty = np.zeros_like(head)
+        return Tissues(head, empty, empty, empty)
+    t1 = otsu_threshold(fg)
+    upper = fg[fg > t1]
+    t2 = otsu_threshold(upper) if upper.size > 2 and upper.max() > upper.min() else t1
+    lower = fg[fg <= t1]
+    t0 = otsu_threshold(lower) if lower.size > 2 and lower.max() > lower.min() else float(fg.min())
+    return Tissues(head, head & (img <= t0), head & (img > t1) & (img <= t2), head & (img > t2))
+
+
+def _air(img: np.ndarray, head: np.ndarray) -> np.ndarray:
+    return img[~ndi.binary_dilation(head, iterations=3)]
+
+
+def snr(img: np.ndarray, fg: np.ndarray) -> float:
+    """Signal-to-noise ratio within one region: mean / (sample) standard deviation."""
+    v = img[fg]
+    n = v.size
+    if n < 2 or v.std() == 0:
+        return UNDEFINED
+    return float(v.mean() / (v.std() * np.sqrt(n / (n - 1))))
+
+
+def snr_dietrich(img: np.ndarray, fg: np.ndarray, head: np.ndarray) -> float:
+    air = _air(img, head)
+    if air.size < 2 or air.std() <= 1e-3 or not fg.any():
+        return UNDEFINED
+    return float(np.sqrt(2 / (4 - np.pi)) * img[fg].mean() / air.std())
+
+
+def cnr(img: np.ndarray, gm: np.ndarray, wm: np.ndarray, head: np.ndarray) -> float:
+    if gm.sum() < 2 or wm.sum() < 2:
+        return UNDEFINED
+    air = _air(img, head)
+    air_var = air.var() if air.size > 1 else 0.0
+    denom = np.sqrt(air_var + img[gm].var() + img[wm].var())
+    return float(abs(img[wm].mean() - img[gm].mean()) / denom) if denom > 0 else UNDEFINED
+
+
+def cjv(img: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> float:
+    if gm.sum() < 2 or wm.sum() < 2:
+        return UNDEFINED
+    gap = abs(img[wm].mean() - img[gm].mean())
+    return float((img[wm].std() + img[gm].std()) / gap) if gap > 0 else UNDEFINED
+
+
+def efc(img: np.ndarray) -> float:
+    """Normalised entropy focus criterion in [0, 1]; lower means less ghosting and blur."""
+    x = np.abs(np.asarray(img, dtype=np.float64)).ravel()
+    total = np.sqrt((x ** 2).sum())
+    n = x.size
+    if total == 0 or n < 2:
+        return UNDEFINED
+    x = x / total
+    emax = n * (1 / np.sqrt(n)) * np.log(1 / np.sqrt(n))
+    return float((x * np.log(x + 1e-16)).sum() / emax)
+
+
+def fber(img: np.ndarray, head: np.ndarray) -> float:
+    bg = img[~head]
+    if bg.size == 0 or not head.any():
+        return UNDEFINED
+    b = np.median(np.abs(bg) ** 2)
+    return float(np.median(np.abs(img[head]) ** 2) / b) if b > 1e-3 else UNDEFINED
+
+
+def wm2max(img: np.ndarray, wm: np.ndarray) -> float:
+    top = np.percentile(img, 99.95)
+    return float(img[wm].mean() / top) if wm.any() and top > 0 else UNDEFINED
+
+
+def all_iqms(img: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+    """Every measure for one image; all values finite."""
+    img = np.asarray(img, dtype=np.float64)
+    t = estimate_tissues(img, labels)
+    tissue_snr = [snr(img, m) for m in (t.csf, t.gm, t.wm) if m.sum() >= 2]
+    tissue_snr = [v for v in tissue_snr if v != UNDEFINED]
+    return {
+        # as MRIQC's snr_total: the mean of the per-tissue SNRs (tissue contrast is not noise)
+        "snr": float(np.mean(tissue_snr)) if tissue_snr else UNDEFINED, "snr_dietrich": snr_dietrich(img, t.head, t.head),
+        "cnr": cnr(img, t.gm, t.wm, t.head), "cjv": cjv(img, t.gm, t.wm), "efc": efc(img),
+        "fber": fber(img, t.head), "wm2max": wm2max(img, t.wm),
+    }

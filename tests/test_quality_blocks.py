@@ -1,0 +1,76 @@
+"""Quality building blocks on real-template slices: perturbations are deterministic and graded, and
+the MRIQC-style measures respond to them and never return NaN."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gate_plugins.quality import iqms
+from gate_plugins.quality.perturbations import PERTURBATIONS, alter_structure, memorise, mode_collapse
+
+
+@pytest.fixture(scope="module")
+def slices(mri):
+    imgs = mri["train_images"]
+    return imgs[[6, 10, 14, 18]]  # mid-brain slices with all three tissues
+
+
+@pytest.mark.parametrize("name", sorted(PERTURBATIONS))
+def test_perturbations_are_deterministic_graded_and_in_range(name, slices):
+    p = PERTURBATIONS[name]
+    img = slices[0]
+    a, b = p(img, 2, seed=3), p(img, 2, seed=3)
+    assert np.array_equal(a, b) and a.shape == img.shape and a.dtype == np.float32
+    assert a.min() >= 0 and a.max() <= 1 and np.isfinite(a).all()
+    change = [np.abs(p(img, s, seed=3) - img).mean() for s in range(1, len(p.levels) + 1)]
+    assert change[-1] > change[0] > 0  # stronger severities change the image more
+    with pytest.raises(ValueError, match="severity"):
+        p(img, 0, seed=3)
+
+
+@pytest.mark.parametrize("name, metric, sign", [("gaussian_noise", "snr", -1), ("rician_noise", "snr", -1),
+                                                ("blur", "efc", +1), ("gaussian_noise", "cjv", +1)])
+def test_measures_follow_severity(name, metric, sign, slices):
+    p = PERTURBATIONS[name]
+    for img in slices:
+        values = [iqms.all_iqms(img)[metric]] + [iqms.all_iqms(p(img, s, seed=1))[metric] for s in range(1, 5)]
+        rho = stats.spearmanr(range(5), values).statistic
+        assert sign * rho >= 0.9, (name, metric, values)
+
+
+def test_measures_are_finite_on_degenerate_images():
+    for img in (np.zeros((32, 32)), np.ones((32, 32)), np.eye(32), np.random.default_rng(0).random((16, 16))):
+        values = iqms.all_iqms(img)
+        assert all(np.isfinite(v) for v in values.values()), values
+
+
+def test_zero_background_gives_the_documented_sentinel(slices):
+    values = iqms.all_iqms(slices[0])  # skull-stripped template: background exactly 0
+    assert values["fber"] == iqms.UNDEFINED and values["snr_dietrich"] == iqms.UNDEFINED
+    assert values["snr"] > 1 and 0 < values["efc"] < 1 and values["cnr"] > 0
+
+
+def test_tissue_estimate_orders_intensities(slices):
+    t = iqms.estimate_tissues(slices[1].astype(np.float64))
+    img = slices[1]
+    assert img[t.csf].mean() < img[t.gm].mean() < img[t.wm].mean()
+    labels = np.zeros(img.shape, int); labels[t.csf] = 1; labels[t.gm] = 2; labels[t.wm] = 3
+    assert np.array_equal(iqms.estimate_tissues(img, labels).gm, t.gm)
+
+
+def test_structure_alterations_and_set_level_failures(slices):
+    img = slices[1]
+    t = iqms.estimate_tissues(img.astype(np.float64))
+    structure = t.csf & (np.indices(img.shape)[1] > 40) & (np.indices(img.shape)[1] < 88)
+    erased = alter_structure(img, structure, "erase", 1)
+    assert np.abs(erased[structure] - img[structure]).mean() > 0.05
+    assert np.array_equal(erased[~structure], img[~structure])
+    grown = alter_structure(img, structure, "grow", 2)
+    assert (grown != img).sum() > 0 and np.array_equal(alter_structure(img, structure, "grow", 2), grown)
+    with pytest.raises(ValueError, match="empty"):
+        alter_structure(img, np.zeros(img.shape, bool), "erase", 1)
+    cands = np.stack([slices[2], slices[3]] * 5)
+    copied = memorise(cands, slices[:2], 0.5, seed=0)
+    assert sum(any(np.array_equal(c, t) for t in slices[:2]) for c in copied) == 5
+    collapsed = mode_collapse(cands, 0.6, seed=0)
+    assert max(sum(np.array_equal(a, b) for b in collapsed) for a in collapsed) >= 6
