@@ -74,3 +74,19 @@ def test_structure_alterations_and_set_level_failures(slices):
     assert sum(any(np.array_equal(c, t) for t in slices[:2]) for c in copied) == 5
     collapsed = mode_collapse(cands, 0.6, seed=0)
     assert max(sum(np.array_equal(a, b) for b in collapsed) for a in collapsed) >= 6
+
+
+def test_mri_niqe_fits_on_real_slices_and_grows_with_noise_and_blur(mri):
+    from gate_plugins.quality.niqe import fit_niqe, niqe_score
+
+    train = mri["train_images"]
+    model = fit_niqe(train[::2])
+    assert model.n_patches >= 40 and model.mean.shape == (36,)
+    held = train[1::2][4:12]
+    for name in ("gaussian_noise", "blur"):
+        p = PERTURBATIONS[name]
+        means = [np.mean([niqe_score(im, model) for im in held])]
+        means += [np.mean([niqe_score(p(im, s, seed=0), model) for im in held]) for s in (1, 2, 3, 4)]
+        assert stats.spearmanr(range(5), means).statistic >= 0.9, (name, means)
+    with pytest.raises(ValueError, match="foreground patches"):
+        fit_niqe(np.zeros((2, 64, 64)))
