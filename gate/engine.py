@@ -113,10 +113,10 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         for j, rule in enumerate(check.rules):
             metric_defs[(check.id, rule.metric)] = defs[rule.metric]
             outcome = evaluate_rule(check.id, rule, defs[rule.metric], out.table, inputs.policy.rule_lines.get((i, j)),
-                                    out.scalars)
+                                    out.scalars, out.insensitive)
             result.rules.append(outcome)
             outcomes.append(outcome)
-            if outcome.value is None:  # a rule that cannot be evaluated leaves the version unvalidated
+            if outcome.value is None and outcome.severity == "block":  # cannot be evaluated: not validated
                 _mark_error([result], check.id, f"metric {rule.metric} could not be computed (NaN) for its rule")
         result.samples_csv = f"samples/{check.id}.csv"
         results.append(result)

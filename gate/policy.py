@@ -46,6 +46,8 @@ class RuleBase(Strict):
     gt: float | None = Field(None, allow_inf_nan=False)
     gte: float | None = Field(None, allow_inf_nan=False)
     severity: Literal["block", "warn"] = "block"
+    pin: bool = Field(False, description="keep a block rule blocking even when the validator's self-test "
+                                         "finds its metric insensitive on this data")
 
     @model_validator(mode="after")
     def _at_least_one_bound(self):

@@ -19,6 +19,7 @@ class RuleOutcome(BaseModel):
     passed: bool
     gx_success: bool | None = None
     line: int | None = None  # where the rule sits in the policy file
+    downgraded: str | None = None  # why a block rule only warns (its metric proved insensitive)
 
 
 class CheckResult(BaseModel):

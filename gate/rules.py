@@ -14,11 +14,16 @@ from gate.validators import MetricDef
 
 
 def evaluate_rule(check_id: str, rule: Any, metric: MetricDef, table: pd.DataFrame, line: int | None,
-                  scalars: dict[str, float] | None = None) -> RuleOutcome:
+                  scalars: dict[str, float] | None = None, insensitive: dict[str, str] | None = None) -> RuleOutcome:
     value = metric.compute(table, scalars)
+    severity, downgraded = rule.severity, None
+    why = (insensitive or {}).get(rule.metric)
+    if why and severity == "block" and not rule.pin:
+        severity, downgraded = "warn", why
     return RuleOutcome(
         check_id=check_id, metric=rule.metric, bounds=rule.bounds(), condition=rule.describe(),
-        severity=rule.severity, value=None if math.isnan(value) else value, passed=rule.holds(value), line=line)
+        severity=severity, value=None if math.isnan(value) else value, passed=rule.holds(value), line=line,
+        downgraded=downgraded)
 
 
 def _expectation(rule: RuleOutcome, metric: MetricDef, meta: dict):

@@ -88,6 +88,9 @@ class CheckOutput:
     #: set when the validator ran but cannot vouch for its result (e.g. a failed self-check): the
     #: metrics are kept in the report, and the check counts as an error, so it blocks
     error: str | None = None
+    #: metrics the validator's own self-test found insensitive on this data, with the reason: their
+    #: block rules are reported as warnings unless the policy pins them
+    insensitive: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @runtime_checkable

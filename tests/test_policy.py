@@ -140,3 +140,24 @@ def test_every_key_of_the_default_policy_is_commented():
     for n, line in enumerate((REPO / "policies" / "default.yaml").read_text().splitlines(), 1):
         if re.match(r"^\s*(- )?[A-Za-z_]+:", line):
             assert "#" in line, f"default.yaml:{n} has no comment: {line.strip()}"
+
+
+def test_insensitive_metrics_downgrade_block_rules_unless_pinned():
+    import pandas as pd
+
+    from gate.policy import RuleBase
+    from gate.rules import evaluate_rule
+    from gate.validators import MetricDef
+
+    class Rule(RuleBase):
+        metric: str
+
+    metric = MetricDef("m", "x", "mean", "test metric")
+    table = pd.DataFrame({"x": [1.0, 3.0]})
+    why = {"m": "|rho| 0.3 < 0.8 for noise"}
+    plain = evaluate_rule("c", Rule(metric="m", lte=1.0), metric, table, 3, None, why)
+    assert not plain.passed and plain.severity == "warn" and plain.downgraded == why["m"]
+    pinned = evaluate_rule("c", Rule(metric="m", lte=1.0, pin=True), metric, table, 3, None, why)
+    assert pinned.severity == "block" and pinned.downgraded is None
+    other = evaluate_rule("c", Rule(metric="m", lte=1.0), metric, table, 3, None, {})
+    assert other.severity == "block"
