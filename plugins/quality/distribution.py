@@ -1,0 +1,40 @@
+"""Distribution-level metrics between feature sets: FID, KID, MMD (from the memorization baselines)
+and precision, recall, density, coverage (Naeem et al. 2020, k nearest neighbours)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gate_plugins.memorization.baselines import frechet_distance, kid, mmd_rbf
+
+
+def _kth_radius(x: np.ndarray, k: int) -> np.ndarray:
+    d2 = np.maximum((x * x).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * x @ x.T, 0)
+    return np.sqrt(np.sort(d2, axis=1)[:, min(k, len(x) - 1)])  # column 0 is the point itself
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+    radius = _kth_radius(real, k)
+    d = np.sqrt(np.maximum((fake * fake).sum(1)[:, None] + (real * real).sum(1)[None, :] - 2 * fake @ real.T, 0))
+    inside = d <= radius[None, :]
+    fake_radius = _kth_radius(fake, k)
+    d_rf = d.T  # real x fake
+    return {
+        "precision": float(inside.any(1).mean()),
+        "recall": float((d_rf <= fake_radius[None, :]).any(1).mean()),
+        "density": float(inside.sum(1).mean() / k),
+        "coverage": float((d.min(0) <= radius).mean()),
+    }
+
+
+def distribution_metrics(train: np.ndarray, holdout: np.ndarray | None, cand: np.ndarray) -> dict[str, float]:
+    """Candidate against the holdout (else train), and the real-vs-real baseline (train against holdout)
+    so that rules can be relative: ``fid_ratio = fid / fid_real``."""
+    real = holdout if holdout is not None else train
+    out = {"fid": frechet_distance(real, cand), "kid": kid(real, cand), "mmd": mmd_rbf(real, cand), **prdc(real, cand)}
+    if holdout is not None:
+        base = {"fid": frechet_distance(train, holdout), "kid": kid(train, holdout), "mmd": mmd_rbf(train, holdout)}
+        for name, value in base.items():
+            out[f"{name}_real"] = value
+            out[f"{name}_ratio"] = out[name] / value if value > 0 else float("nan")
+    return out

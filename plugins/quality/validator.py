@@ -1,0 +1,172 @@
+"""The image-quality validator: MRIQC-style measures, MRI-NIQE and distribution metrics, each proving
+on the user's own real data, through a perturbation self-test, whether it can see the failures it is
+meant to catch. A metric that sees none of them cannot block (its block rules warn unless pinned)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+from gate.errors import InputError
+from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
+from gate_plugins.memorization.detector import Detector
+from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.quality import iqms
+from gate_plugins.quality.distribution import distribution_metrics
+from gate_plugins.quality.niqe import fit_niqe, niqe_score
+from gate_plugins.quality.perturbations import PERTURBATIONS, memorise, mode_collapse
+
+IQMS = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max")
+SET_METRICS = ("fid", "kid", "mmd", "precision", "recall", "density", "coverage")
+SET_LEVELS = (0.1, 0.25, 0.5, 1.0)  # fraction of the set for memorisation and mode collapse
+
+
+class QualityParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    extractor: Literal["efficientnet-lite0", "scattering-j3l8"] = Field(
+        "efficientnet-lite0", description="feature space of the distribution metrics (the memorization one)")
+    prefilter_sigma: float = Field(2.0, ge=0, le=10, description="as the memorization check, to share its cache")
+    niqe_block: int = Field(32, ge=8, le=128, description="NIQE patch size in pixels")
+    self_test: bool = Field(True, description="measure each metric's response to graded perturbations")
+    self_test_slices: int = Field(16, ge=4, le=256, description="real slices perturbed by the self-test")
+    sensitivity_threshold: float = Field(0.8, gt=0, le=1, description="|Spearman rho| below which a metric "
+                                                                        "is insensitive to a perturbation")
+    cache: bool = Field(True, description="reuse the memorization check's cached train features")
+
+
+def _metric_defs() -> tuple[MetricDef, ...]:
+    defs = [MetricDef(f"{m}_mean", m, "mean", f"mean {m.upper()} over samples (MRIQC-style, see README)") for m in IQMS]
+    defs.append(MetricDef("niqe_mean", "niqe", "mean", "mean MRI-NIQE (fitted on the real slices; lower is closer)"))
+    for m in SET_METRICS:
+        defs.append(MetricDef(m, None, "scalar", f"{m} of the candidate against the holdout (else train)"))
+    for m in ("fid", "kid", "mmd"):
+        defs.append(MetricDef(f"{m}_ratio", None, "scalar", f"{m} over the real-vs-real {m} (train vs holdout)"))
+    return tuple(defs)
+
+
+class QualityValidator:
+    name: ClassVar[str] = "quality"
+    Params: ClassVar[type[BaseModel]] = QualityParams
+    columns: ClassVar[tuple[str, ...]] = ("sample_id",) + IQMS + ("niqe",)
+    metrics: ClassVar[tuple[MetricDef, ...]] = _metric_defs()
+
+    def run(self, context: CheckContext, params: QualityParams) -> CheckOutput:
+        train, cand, holdout = context.train, context.candidate, context.holdout
+        for label, s in (("train", train), ("candidate", cand)) + ((("holdout", holdout),) if holdout else ()):
+            if not np.isfinite(s.images).all():
+                raise InputError(f"{label} images contain non-finite values")
+        if len(train) < 4:
+            raise InputError(f"{train.name}: the quality check needs at least 4 train images, got {len(train)}")
+        real = holdout if holdout is not None else train
+        niqe_model = fit_niqe(real.images, params.niqe_block)
+
+        def per_sample(images: np.ndarray) -> pd.DataFrame:
+            rows = []
+            for img in images:
+                row = iqms.all_iqms(img)
+                row["niqe"] = niqe_score(img, niqe_model)
+                rows.append(row)
+            return pd.DataFrame(rows, columns=list(IQMS) + ["niqe"])
+
+        tick = context.progress("quality: measures", len(cand))
+        table = per_sample(cand.images)
+        tick(len(cand))
+        table.insert(0, "sample_id", list(cand.ids))
+
+        extractor = build_extractor(params.extractor, None, params.prefilter_sigma)
+        detector = Detector(extractor, "dihedral", cache_dir=context.cache_dir if params.cache else None,
+                            batch_size=context.batch_size)
+        reference, _, cache_hit = detector.reference_features(train.images, train.manifest_sha256())
+        embed = lambda layers: np.concatenate(layers, axis=1)  # noqa: E731 - raw pooled features, side by side
+        f_train = embed([r[: len(train)] for r in reference])
+        f_hold = embed(detector.features(holdout.images)) if holdout is not None else None
+        f_cand = embed(detector.features(cand.images))
+        scalars = distribution_metrics(f_train, f_hold, f_cand) if len(cand) > 2 else {}
+        # every declared set-level metric is present; NaN where undefined (no holdout, too few samples)
+        scalars = {m.name: float(scalars.get(m.name, np.nan)) for m in self.metrics if m.aggregate == "scalar"}
+
+        insensitive: dict[str, str] = {}
+        diagnostics: dict = {"niqe_patches": niqe_model.n_patches, "reference_cache_hit": cache_hit,
+                             "distribution_reference": "holdout" if holdout is not None else "train"}
+        figures: list[Figure] = []
+        if params.self_test:
+            rho = self._self_test(real.images, train.images, f_train, f_hold, per_sample, detector, embed, params,
+                                  context.seed)
+            matrix = {m: {p: round(v, 3) for p, v in row.items()} for m, row in rho.items()}
+            diagnostics["sensitivity_rho"] = matrix
+            for metric_name, base in [(f"{m}_mean", m) for m in IQMS + ("niqe",)] + [(m, m) for m in SET_METRICS] + \
+                    [(f"{m}_ratio", m) for m in ("fid", "kid", "mmd")]:
+                row = rho.get(base, {})
+                seen = [p for p, v in row.items() if abs(v) >= params.sensitivity_threshold]
+                if not seen:
+                    insensitive[metric_name] = (f"|Spearman rho| < {params.sensitivity_threshold:g} for every "
+                                                f"perturbation in the self-test on this data")
+            diagnostics["insensitive_metrics"] = sorted(insensitive)
+            diagnostics["unseen_failures"] = sorted(p for p in next(iter(rho.values()))
+                                                    if all(abs(r.get(p, 0)) < params.sensitivity_threshold
+                                                           for r in rho.values()))
+            figures.append(Figure("Sensitivity of each metric to each perturbation", _heatmap(rho, params),
+                                  "Spearman rho between the metric and the perturbation's severity (0 = clean, "
+                                  f"then 4 levels) on {params.self_test_slices} real slices; |rho| < "
+                                  f"{params.sensitivity_threshold:g} means the metric cannot see that failure."))
+        return CheckOutput(table=table, scalars=scalars, insensitive=insensitive, diagnostics=diagnostics,
+                           figures=figures, provenance={"extractor": extractor.name,
+                                                        "extractor_weights_sha256": extractor.weights_sha256(),
+                                                        "niqe_block": params.niqe_block})
+
+    @staticmethod
+    def _self_test(real, train, f_train, f_hold, per_sample, detector, embed, params, seed) -> dict[str, dict[str, float]]:
+        rng = np.random.default_rng(seed + 104729)
+        k = min(params.self_test_slices, len(real))
+        base = real[rng.choice(len(real), size=k, replace=False)]
+        reference = f_hold if f_hold is not None else f_train
+
+        def measure(images: np.ndarray) -> dict[str, float]:
+            table = per_sample(images)
+            out = {m: float(table[m].mean()) for m in table.columns}
+            feats = embed(detector.features(images))
+            dist = distribution_metrics(f_train, reference if f_hold is not None else None, feats)
+            out.update({m: dist[m] for m in SET_METRICS})
+            return out
+
+        clean = measure(base)
+        series: dict[str, list[dict[str, float]]] = {}
+        for name, p in PERTURBATIONS.items():
+            series[name] = [clean] + [measure(np.stack([p(im, s, seed + i) for i, im in enumerate(base)]))
+                                      for s in range(1, len(p.levels) + 1)]
+        series["memorisation"] = [clean] + [measure(memorise(base, train, f, seed)) for f in SET_LEVELS]
+        series["mode_collapse"] = [clean] + [measure(mode_collapse(base, f, seed)) for f in SET_LEVELS]
+        rho: dict[str, dict[str, float]] = {}
+        for metric in clean:
+            for pert, values in series.items():
+                v = np.array([x[metric] for x in values], dtype=float)
+                r = stats.spearmanr(np.arange(len(v)), v).statistic if np.ptp(v) > 0 and np.isfinite(v).all() else 0.0
+                rho.setdefault(metric, {})[pert] = float(r) if np.isfinite(r) else 0.0
+        return rho
+
+
+def _heatmap(rho: dict[str, dict[str, float]], params: QualityParams) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gate_plugins.memorization.figures import _png
+
+    metrics = list(rho)
+    perts = list(next(iter(rho.values())))
+    m = np.array([[rho[a][b] for b in perts] for a in metrics])
+    fig, ax = plt.subplots(figsize=(0.6 * len(perts) + 2, 0.35 * len(metrics) + 1.5))
+    ax.imshow(np.abs(m), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(perts)), perts, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(metrics)), metrics, fontsize=7)
+    for i in range(len(metrics)):
+        for j in range(len(perts)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5,
+                    color="white" if abs(m[i, j]) < params.sensitivity_threshold else "black")
+    return _png(fig)
