@@ -45,3 +45,16 @@ def test_data_copying_statistic_is_negative_for_copies_and_near_zero_for_fresh_d
     fresh = rng.standard_normal((150, 6))
     assert baselines.data_copying_ct(train, test, copies) < -3  # near the most negative z at these cell sizes
     assert abs(baselines.data_copying_ct(train, test, fresh)) < 3
+
+
+def test_prdc_and_relative_distribution_metrics(sets):
+    from gate_plugins.quality.distribution import distribution_metrics, prdc
+
+    train, test, shifted, _ = sets
+    same = prdc(train, train)
+    assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
+    far = prdc(train, shifted + 10.0)
+    assert far["precision"] == 0.0 and far["coverage"] == 0.0 and far["density"] == 0.0
+    rel = distribution_metrics(train, test, shifted)
+    assert rel["fid_ratio"] > 3 and rel["fid_real"] > 0
+    assert np.isnan(distribution_metrics(train, None, shifted).get("fid_ratio", np.nan))

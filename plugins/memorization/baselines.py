@@ -10,6 +10,11 @@ import numpy as np
 from scipy import linalg, stats
 
 
+def sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``a`` and of ``b`` (clamped at 0)."""
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0)
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """FID-style distance between Gaussian fits of two feature sets."""
     mu_a, mu_b = a.mean(0), b.mean(0)
@@ -28,7 +33,7 @@ def _unbiased_mmd2(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
 def mmd_rbf(a: np.ndarray, b: np.ndarray) -> float:
     """Unbiased MMD^2 with a Gaussian kernel whose bandwidth is the median pairwise distance."""
     z = np.concatenate([a, b])
-    d2 = np.maximum((z * z).sum(1)[:, None] + (z * z).sum(1)[None, :] - 2 * z @ z.T, 0)
+    d2 = sq_dists(z, z)
     gamma = 1.0 / max(float(np.median(d2[np.triu_indices(len(z), 1)])), 1e-12)
     k = np.exp(-gamma * d2)
     m = len(a)
@@ -43,7 +48,7 @@ def kid(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _nn_dist(q: np.ndarray, ref: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    d2 = np.maximum((q * q).sum(1)[:, None] + (ref * ref).sum(1)[None, :] - 2 * q @ ref.T, 0)
+    d2 = sq_dists(q, ref)
     if exclude_self:
         np.fill_diagonal(d2, np.inf)
     idx = d2.argmin(1)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from gate_plugins.memorization.baselines import frechet_distance, kid, mmd_rbf
+from gate_plugins.memorization.baselines import frechet_distance, kid, mmd_rbf, sq_dists
 
 
 def _kth_radius(x: np.ndarray, k: int) -> np.ndarray:
-    d2 = np.maximum((x * x).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * x @ x.T, 0)
-    return np.sqrt(np.sort(d2, axis=1)[:, min(k, len(x) - 1)])  # column 0 is the point itself
+    return np.sqrt(np.sort(sq_dists(x, x), axis=1)[:, min(k, len(x) - 1)])  # column 0 is the point itself
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     radius = _kth_radius(real, k)
-    d = np.sqrt(np.maximum((fake * fake).sum(1)[:, None] + (real * real).sum(1)[None, :] - 2 * fake @ real.T, 0))
+    d = np.sqrt(sq_dists(fake, real))
     inside = d <= radius[None, :]
     fake_radius = _kth_radius(fake, k)
     d_rf = d.T  # real x fake
