@@ -41,3 +41,19 @@ spec:
     assert ratio["passed"] and check["metrics"]["fid_ratio"] is not None
     assert res.exit_code == 0, res.output  # the failed rule was downgraded, nothing else blocks
     assert "Sensitivity of each metric" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_bench_iqa_prints_the_sensitivity_matrix(tmp_path, mri):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gate_bin = str(Path(sys.executable).with_name("gate"))
+    res = subprocess.run([gate_bin, "bench", "iqa", "--data", str(mri["holdout"]), "--slices", "4"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in res.stdout.splitlines() if line.startswith("| ")}
+    assert {"snr", "niqe", "fid", "coverage"} <= set(rows)
+    header = [c.strip() for c in res.stdout.splitlines()[0].split("|")[2:-1]]
+    assert {"gaussian_noise", "blur", "bias_field", "memorisation", "mode_collapse"} <= set(header)
+    assert "insensitive to every perturbation" in res.stdout

@@ -12,6 +12,25 @@ def register(app: typer.Typer) -> None:
     bench = typer.Typer(help="Benchmarks of the validators on your own data.", no_args_is_help=True)
     app.add_typer(bench, name="bench")
 
+    @bench.command("iqa")
+    def iqa(
+        data: Path = typer.Option(..., "--data", help="folder of real images (split into reference and holdout)"),
+        self_test_slices: int = typer.Option(16, "--slices", help="slices perturbed per level"),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """Perturb real slices at 4 severities and print, for every quality metric, the Spearman rho
+        against severity: which failures each metric can see on this data."""
+        from gate.cli import fail
+        from gate.errors import GateError
+        from gate.imageio import read_image_folder
+        from gate_plugins.quality.bench import sensitivity_table
+
+        try:
+            images = read_image_folder(data, "data").images
+        except GateError as exc:
+            fail(exc)
+        print(sensitivity_table(images, self_test_slices, seed))
+
     @bench.command("memorization")
     def memorization(
         train: Path = typer.Option(..., "--train", help="folder of train images (the reference)"),
