@@ -109,7 +109,7 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         defs = {m.name: m for m in loaded.cls.metrics}
         result.metrics = {name: _finite_or_none(m.compute(out.table, out.scalars)) for name, m in defs.items()}
         result.metric_descriptions = {name: m.description for name, m in defs.items()}
-        scalars[check.id] = {k: v for k, v in out.scalars.items()}
+        scalars[check.id] = dict(out.scalars)
         for j, rule in enumerate(check.rules):
             metric_defs[(check.id, rule.metric)] = defs[rule.metric]
             outcome = evaluate_rule(check.id, rule, defs[rule.metric], out.table, inputs.policy.rule_lines.get((i, j)),

@@ -7,6 +7,13 @@ import dataclasses
 import numpy as np
 
 
+def content_digest(images: np.ndarray) -> str:
+    """sha256 of the pixel data as float32: the identity of images that never were files."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class ManifestEntry:
     """One file behind an image set: its path and content hash."""
@@ -40,10 +47,9 @@ class ImageSet:
         never were files (a generator's samples), of the pixel data itself."""
         import hashlib
 
-        h = hashlib.sha256()
         if not self.manifest:
-            h.update(np.ascontiguousarray(self.images, dtype=np.float32).tobytes())
-            return h.hexdigest()
+            return content_digest(self.images)
+        h = hashlib.sha256()
         for entry in sorted(self.manifest, key=lambda e: e.path):
             h.update(f"{entry.path}\0{entry.sha256}\n".encode())
         return h.hexdigest()

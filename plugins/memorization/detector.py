@@ -4,12 +4,12 @@ Calibrated Memorization Index, with reference features cached by content."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from gate.imageset import content_digest
 from gate_plugins.memorization import cache, maths
 from gate_plugins.memorization.extractors import FeatureExtractor
 from gate_plugins.memorization.transforms import Invariance, apply, misalign, transform_set
@@ -41,10 +41,6 @@ class _Misaligned:
 
     def __getitem__(self, sl: slice) -> np.ndarray:
         return np.stack([misalign(self.images[i].astype(np.float64), self.rng) for i in self.src[sl]]).astype(np.float32)
-
-
-def content_digest(images: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
 
 
 @dataclasses.dataclass

@@ -130,7 +130,8 @@ class QualityValidator:
             table = per_sample(images)
             out = {m: float(table[m].mean()) for m in table.columns}
             feats = embed(detector.features(images))
-            dist = distribution_metrics(f_train, reference if f_hold is not None else None, feats)
+            # the candidate-side metrics only: the real-vs-real baseline does not change with the perturbation
+            dist = distribution_metrics(reference, None, feats)
             out.update({m: dist[m] for m in SET_METRICS})
             return out
 
