@@ -3,6 +3,7 @@ the MRIQC-style measures respond to them and never return NaN."""
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from scipy import stats
 
 from gate_plugins.quality import iqms
@@ -74,6 +75,25 @@ def test_structure_alterations_and_set_level_failures(slices):
     assert sum(any(np.array_equal(c, t) for t in slices[:2]) for c in copied) == 5
     collapsed = mode_collapse(cands, 0.6, seed=0)
     assert max(sum(np.array_equal(a, b) for b in collapsed) for a in collapsed) >= 6
+
+
+def test_ventricle_and_lesion_alterations_change_only_the_anatomy_they_name(slices):
+    from gate_plugins.quality.perturbations import ventricles
+
+    img = slices[1]
+    mask = ventricles(img)
+    assert 20 < mask.sum() < 0.05 * img.size  # a compact interior structure, not the sulcal CSF
+    head = iqms.estimate_tissues(img).head
+    assert not (mask & ~ndi.binary_erosion(head, iterations=3)).any()
+    far = ~ndi.binary_dilation(mask, iterations=8)
+    for name in ("ventricle_shrink", "ventricle_grow", "ventricle_erase"):
+        out = PERTURBATIONS[name](img, 4, seed=0)
+        assert np.abs(out - img)[far].max() < 1e-6, name  # nothing away from the ventricles moves
+        assert np.abs(out - img)[~far].sum() > 1.0, name
+    lesion = [PERTURBATIONS["lesion"](img, s, seed=0) for s in (1, 2, 3, 4)]
+    changed = [(np.abs(x - img) > 0.05).sum() for x in lesion]
+    assert changed == sorted(changed) and changed[0] > 0
+    assert np.array_equal(PERTURBATIONS["ventricle_grow"](np.zeros((32, 32)), 2, seed=0), np.zeros((32, 32)))
 
 
 def test_mri_niqe_fits_on_real_slices_and_grows_with_noise_and_blur(mri):

@@ -40,7 +40,18 @@ spec:
     assert pinned["downgraded"] is None
     assert ratio["passed"] and check["metrics"]["fid_ratio"] is not None
     assert res.exit_code == 0, res.output  # the failed rule was downgraded, nothing else blocks
-    assert "Sensitivity of each metric" in (tmp_path / "out" / "report.html").read_text()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Sensitivity of each metric" in html and "Candidate against real, per metric" in html
+    # the anatomy perturbations ran on slices that have ventricles, and are reported seen or unseen
+    assert check["diagnostics"]["self_test_slices_with_ventricles"] >= 4
+    for pert in ("ventricle_shrink", "ventricle_grow", "ventricle_erase", "lesion", "local_warp"):
+        assert pert in rho["snr"]
+        seen = max(abs(rho[m][pert]) for m in rho) >= 0.8
+        assert seen != (pert in check["diagnostics"]["unseen_failures"])
+    # novel real-template subjects sit inside the real-vs-real band on most measures
+    versus = check["diagnostics"]["versus_real"]
+    assert set(versus) == {"snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max", "niqe"}
+    assert versus["snr"]["band_low"] < versus["snr"]["real_mean"] < versus["snr"]["band_high"]
 
 
 def test_bench_iqa_prints_the_sensitivity_matrix(tmp_path, mri):
@@ -57,3 +68,40 @@ def test_bench_iqa_prints_the_sensitivity_matrix(tmp_path, mri):
     header = [c.strip() for c in res.stdout.splitlines()[0].split("|")[2:-1]]
     assert {"gaussian_noise", "blur", "bias_field", "memorisation", "mode_collapse"} <= set(header)
     assert "insensitive to every perturbation" in res.stdout
+
+
+def test_noisy_candidates_fall_outside_the_real_band(tmp_path, mri):
+    import numpy as np
+
+    from gate.imageset import ImageSet
+    from gate.imageio import read_image_folder
+    from gate.validators import CheckContext
+    from gate_plugins.quality.perturbations import PERTURBATIONS
+    from gate_plugins.quality.validator import QualityParams, QualityValidator
+
+    train, holdout, novel = (read_image_folder(mri[k], k) for k in ("train", "holdout", "novel"))
+    noisy = np.stack([PERTURBATIONS["gaussian_noise"](im, 3, seed=i) for i, im in enumerate(novel.images)])
+    params = QualityParams(self_test=False)
+    out = {}
+    for name, images in (("clean", novel.images), ("noisy", noisy)):
+        ctx = CheckContext(candidate=ImageSet(name, novel.ids, images), train=train, holdout=holdout, seed=0,
+                           batch_size=32, cache_dir=tmp_path)
+        out[name] = QualityValidator().run(ctx, params).diagnostics
+    assert {"snr", "cjv", "niqe"} <= set(out["noisy"]["outside_real_band"])
+    assert len(out["clean"]["outside_real_band"]) < len(out["noisy"]["outside_real_band"])
+
+
+def test_images_too_small_for_niqe_blocks_are_a_clear_input_error(tmp_path, mri):
+    import numpy as np
+
+    from gate.errors import InputError
+    from gate.imageset import ImageSet
+    from gate.validators import CheckContext
+    from gate_plugins.quality.validator import QualityParams, QualityValidator
+    import pytest
+
+    small = mri["train_images"][:8, ::4, ::4]  # 32 x 32
+    s = ImageSet("small", tuple(f"s{i}" for i in range(8)), np.ascontiguousarray(small))
+    ctx = CheckContext(candidate=s, train=s, holdout=None, seed=0, batch_size=8, cache_dir=tmp_path)
+    with pytest.raises(InputError, match="too small for niqe_block 32: use niqe_block <= 16"):
+        QualityValidator().run(ctx, QualityParams(self_test=False))

@@ -90,6 +90,54 @@ def _local_warp(img, magnitude_px, rng):
     return ndi.map_coordinates(img, [yy + dy, xx + dx], order=1, mode="nearest")
 
 
+def ventricles(img: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """The ventricles, estimated as the largest CSF component that stays clear of the brain's edge
+    (sulcal CSF touches it). CSF comes from the label map (class 1) when given, else from the
+    intensity-based tissue estimate. Empty when the slice has no such structure."""
+    from gate_plugins.quality.iqms import estimate_tissues
+
+    t = estimate_tissues(img, labels)
+    interior = ndi.binary_erosion(t.head, iterations=3)
+    comps, n = ndi.label(t.csf)
+    if n == 0:
+        return np.zeros(img.shape, bool)
+    touching = np.unique(comps[t.csf & ~interior])
+    sizes = ndi.sum(np.ones_like(comps), comps, index=np.arange(1, n + 1))
+    sizes[touching[touching > 0] - 1] = 0
+    best = int(np.argmax(sizes))
+    if sizes[best] < 4:
+        return np.zeros(img.shape, bool)
+    return comps == best + 1
+
+
+def _structure(mode: str):
+    def apply(img, level, rng):
+        mask = ventricles(img)
+        if not mask.any():
+            return img  # nothing to alter on this slice; the self-test counts such slices
+        if mode == "erase":  # graded: the structure fades into its surroundings
+            gone = alter_structure(img, mask, "erase", 1).astype(np.float64)
+            return img + level * (gone - img)
+        return alter_structure(img, mask, mode, int(level)).astype(np.float64)
+    return apply
+
+
+def _lesion(img, radius_px, rng):
+    """A new CSF-dark lesion of the given radius at a seeded place inside the white matter."""
+    from gate_plugins.quality.iqms import estimate_tissues
+
+    t = estimate_tissues(img)
+    site = ndi.binary_erosion(t.wm, iterations=2) if ndi.binary_erosion(t.wm, iterations=2).any() else t.head
+    if not site.any():
+        return img
+    cands = np.argwhere(site)
+    cy, cx = cands[rng.integers(len(cands))]
+    yy, xx = np.indices(img.shape)
+    weight = np.clip(radius_px + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1) * t.head  # soft-edged disc
+    dark = img[t.csf].mean() if t.csf.any() else 0.0
+    return img * (1 - weight) + dark * weight
+
+
 PERTURBATIONS: dict[str, Perturbation] = {p.name: p for p in (
     Perturbation("gaussian_noise", "noise", (0.01, 0.02, 0.04, 0.08), _gaussian),
     Perturbation("rician_noise", "noise", (0.01, 0.02, 0.04, 0.08), _rician),
@@ -101,6 +149,10 @@ PERTURBATIONS: dict[str, Perturbation] = {p.name: p for p in (
     Perturbation("intensity_shift", "intensity", (0.02, 0.05, 0.1, 0.2), _intensity_shift),
     Perturbation("contrast", "intensity", (1.1, 1.25, 1.5, 2.0), _contrast),
     Perturbation("local_warp", "anatomy", (1.0, 2.0, 4.0, 8.0), _local_warp),
+    Perturbation("ventricle_shrink", "anatomy", (1, 2, 3, 4), _structure("shrink")),
+    Perturbation("ventricle_grow", "anatomy", (1, 2, 4, 6), _structure("grow")),
+    Perturbation("ventricle_erase", "anatomy", (0.25, 0.5, 0.75, 1.0), _structure("erase")),
+    Perturbation("lesion", "anatomy", (2, 3, 5, 8), _lesion),
 )}
 
 

@@ -8,7 +8,9 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
 from gate.errors import InputError
@@ -16,13 +18,19 @@ from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
 from gate_plugins.quality import iqms
+from gate_plugins.quality.comparison import compare, distribution_figure
 from gate_plugins.quality.distribution import distribution_metrics
 from gate_plugins.quality.niqe import fit_niqe, niqe_score
-from gate_plugins.quality.perturbations import PERTURBATIONS, memorise, mode_collapse
+from gate_plugins.quality.pyiqa_metrics import SUPPORTED, PyiqaScorer, missing_weights
+from gate_plugins.quality.perturbations import PERTURBATIONS, memorise, mode_collapse, ventricles
 
 IQMS = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max")
 SET_METRICS = ("fid", "kid", "mmd", "precision", "recall", "density", "coverage")
+MAX_REAL_SLICES = 256  # real slices measured for NIQE's fit and for the real-vs-real band
 SET_LEVELS = (0.1, 0.25, 0.5, 1.0)  # fraction of the set for memorisation and mode collapse
+
+
+PyiqaMetric = Literal[tuple(SUPPORTED)]  # type: ignore[valid-type]
 
 
 class QualityParams(BaseModel):
@@ -37,6 +45,17 @@ class QualityParams(BaseModel):
     sensitivity_threshold: float = Field(0.8, gt=0, le=1, description="|Spearman rho| below which a metric "
                                                                         "is insensitive to a perturbation")
     cache: bool = Field(True, description="reuse the memorization check's cached train features")
+    pyiqa: tuple[PyiqaMetric, ...] = Field((), description="pyiqa metrics to add (optional extra gate-mri[pyiqa]; "
+                                                            "PolyForm-Noncommercial licence)")
+    pyiqa_weights: dict[PyiqaMetric, Path] = Field({}, description="local weights file per pyiqa metric (niqe: "
+                                                                   "a .mat from `gate fit-niqe`; brisque: SVR weights)")
+
+    @model_validator(mode="after")
+    def _weights_for_each_metric(self) -> "QualityParams":
+        problems = missing_weights(self.pyiqa, self.pyiqa_weights)
+        if problems:
+            raise ValueError(problems[0])
+        return self
 
 
 def _metric_defs() -> tuple[MetricDef, ...]:
@@ -46,6 +65,9 @@ def _metric_defs() -> tuple[MetricDef, ...]:
         defs.append(MetricDef(m, None, "scalar", f"{m} of the candidate against the holdout (else train)"))
     for m in ("fid", "kid", "mmd"):
         defs.append(MetricDef(f"{m}_ratio", None, "scalar", f"{m} over the real-vs-real {m} (train vs holdout)"))
+    for m in SUPPORTED:
+        defs.append(MetricDef(f"pyiqa_{m}_mean", None, "scalar", f"mean pyiqa {m} over samples (only when "
+                                                                  f"params.pyiqa lists {m!r}, else NaN)"))
     return tuple(defs)
 
 
@@ -63,7 +85,20 @@ class QualityValidator:
         if len(train) < 4:
             raise InputError(f"{train.name}: the quality check needs at least 4 train images, got {len(train)}")
         real = holdout if holdout is not None else train
-        niqe_model = fit_niqe(real.images, params.niqe_block)
+        smallest = min(min(s.images.shape[1:]) for s in (train, cand, real))
+        if smallest < 2 * params.niqe_block:
+            raise InputError(f"images of {smallest} px are too small for niqe_block {params.niqe_block}: "
+                             f"use niqe_block <= {smallest // 2} or larger images")
+        rng = np.random.default_rng(context.seed + 7919)
+        # NIQE's pristine model comes from train so that the holdout, the candidate's comparison, is out of sample
+        fit_idx = np.sort(rng.choice(len(train), size=min(len(train), MAX_REAL_SLICES), replace=False))
+        try:
+            niqe_model = fit_niqe(train.images[fit_idx], params.niqe_block)
+        except ValueError as e:
+            raise InputError(f"{train.name}: {e}") from e
+
+        scorer = PyiqaScorer(params.pyiqa, params.pyiqa_weights, context.batch_size, params.niqe_block) \
+            if params.pyiqa else None
 
         def per_sample(images: np.ndarray) -> pd.DataFrame:
             rows = []
@@ -71,12 +106,22 @@ class QualityValidator:
                 row = iqms.all_iqms(img)
                 row["niqe"] = niqe_score(img, niqe_model)
                 rows.append(row)
-            return pd.DataFrame(rows, columns=list(IQMS) + ["niqe"])
+            frame = pd.DataFrame(rows, columns=list(IQMS) + ["niqe"])
+            if scorer is not None:
+                for column, values in scorer.score(images).items():
+                    frame[column] = values
+            return frame
 
         tick = context.progress("quality: measures", len(cand))
         table = per_sample(cand.images)
         tick(len(cand))
         table.insert(0, "sample_id", list(cand.ids))
+
+        real_idx = np.sort(rng.choice(len(real), size=min(len(real), MAX_REAL_SLICES), replace=False))
+        real_table = per_sample(real.images[real_idx])
+        train_table = per_sample(train.images[fit_idx]) if real is not train else real_table
+        per_sample_metrics = list(IQMS) + ["niqe"] + (scorer.columns if scorer else [])
+        versus_real = compare(table, real_table, per_sample_metrics, context.seed)
 
         extractor = build_extractor(params.extractor, None, params.prefilter_sigma)
         detector = Detector(extractor, "dihedral", cache_dir=context.cache_dir if params.cache else None,
@@ -86,21 +131,32 @@ class QualityValidator:
         f_train = embed([r[: len(train)] for r in reference])
         f_hold = embed(detector.features(holdout.images)) if holdout is not None else None
         f_cand = embed(detector.features(cand.images))
-        scalars = distribution_metrics(f_train, f_hold, f_cand) if len(cand) > 2 else {}
+        set_scalars = distribution_metrics(f_train, f_hold, f_cand) if len(cand) > 2 else {}
         # every declared set-level metric is present; NaN where undefined (no holdout, too few samples)
-        scalars = {m.name: float(scalars.get(m.name, np.nan)) for m in self.metrics if m.aggregate == "scalar"}
+        if scorer is not None:
+            set_scalars.update({f"{c}_mean": float(table[c].mean()) for c in scorer.columns})
+        scalars = {m.name: float(set_scalars.get(m.name, np.nan)) for m in self.metrics if m.aggregate == "scalar"}
 
         insensitive: dict[str, str] = {}
         diagnostics: dict = {"niqe_patches": niqe_model.n_patches, "reference_cache_hit": cache_hit,
-                             "distribution_reference": "holdout" if holdout is not None else "train"}
-        figures: list[Figure] = []
+                             "distribution_reference": "holdout" if holdout is not None else "train",
+                             "versus_real": versus_real,
+                             "outside_real_band": sorted(m for m, v in versus_real.items() if v["inside_band"] is False)}
+        diagnostics.update({f"{m}_real": round(float(v), 6) for m, v in set_scalars.items() if m.endswith("_real")})
+        figures: list[Figure] = [Figure(
+            "Candidate against real, per metric", distribution_figure(table, real_table, train_table, versus_real),
+            f"Boxes: train, real ({diagnostics['distribution_reference']}) and candidate values per slice. Green: "
+            f"the real-vs-real band, the 95 % range of the mean of {len(cand)} real slices drawn at random; the "
+            "dot is the candidate's mean (red when outside the band). NIQE is fitted on train.")]
         if params.self_test:
-            rho = self._self_test(real.images, train.images, f_train, f_hold, per_sample, detector, embed, params,
-                                  context.seed)
+            rho, with_ventricles = self._self_test(real.images, train.images, f_train, f_hold, per_sample, detector,
+                                                   embed, params, context.seed)
+            diagnostics["self_test_slices_with_ventricles"] = with_ventricles
             matrix = {m: {p: round(v, 3) for p, v in row.items()} for m, row in rho.items()}
             diagnostics["sensitivity_rho"] = matrix
             for metric_name, base in [(f"{m}_mean", m) for m in IQMS + ("niqe",)] + [(m, m) for m in SET_METRICS] + \
-                    [(f"{m}_ratio", m) for m in ("fid", "kid", "mmd")]:
+                    [(f"{m}_ratio", m) for m in ("fid", "kid", "mmd")] + \
+                    [(f"{c}_mean", c) for c in (scorer.columns if scorer else [])]:
                 row = rho.get(base, {})
                 seen = [p for p, v in row.items() if abs(v) >= params.sensitivity_threshold]
                 if not seen:
@@ -117,10 +173,12 @@ class QualityValidator:
         return CheckOutput(table=table, scalars=scalars, insensitive=insensitive, diagnostics=diagnostics,
                            figures=figures, provenance={"extractor": extractor.name,
                                                         "extractor_weights_sha256": extractor.weights_sha256(),
-                                                        "niqe_block": params.niqe_block})
+                                                        "niqe_block": params.niqe_block,
+                                                        **(scorer.provenance() if scorer else {})})
 
     @staticmethod
-    def _self_test(real, train, f_train, f_hold, per_sample, detector, embed, params, seed) -> dict[str, dict[str, float]]:
+    def _self_test(real, train, f_train, f_hold, per_sample, detector, embed, params,
+                   seed) -> tuple[dict[str, dict[str, float]], int]:
         rng = np.random.default_rng(seed + 104729)
         k = min(params.self_test_slices, len(real))
         base = real[rng.choice(len(real), size=k, replace=False)]
@@ -148,7 +206,7 @@ class QualityValidator:
                 v = np.array([x[metric] for x in values], dtype=float)
                 r = stats.spearmanr(np.arange(len(v)), v).statistic if np.ptp(v) > 0 and np.isfinite(v).all() else 0.0
                 rho.setdefault(metric, {})[pert] = float(r) if np.isfinite(r) else 0.0
-        return rho
+        return rho, int(sum(ventricles(im).any() for im in base))
 
 
 def _heatmap(rho: dict[str, dict[str, float]], params: QualityParams) -> bytes:
