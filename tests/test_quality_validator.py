@@ -35,8 +35,10 @@ spec:
         assert max(abs(rho[m][pert]) for m in rho) >= 0.9, pert
     # FBER is undefined (-1) on skull-stripped slices: blind to everything, so its block rule only warns
     assert "fber_mean" in check["diagnostics"]["insensitive_metrics"]
+    assert "fber" in check["diagnostics"]["undefined_on_clean_real"]
     blind, pinned, ratio = check["rules"]
-    assert blind["severity"] == "warn" and blind["downgraded"] and not blind["passed"]
+    assert blind["severity"] == "warn" and "undefined on every clean real slice" in blind["downgraded"]
+    assert not blind["passed"]
     assert pinned["downgraded"] is None
     assert ratio["passed"] and check["metrics"]["fid_ratio"] is not None
     assert res.exit_code == 0, res.output  # the failed rule was downgraded, nothing else blocks
@@ -105,3 +107,35 @@ def test_images_too_small_for_niqe_blocks_are_a_clear_input_error(tmp_path, mri)
     ctx = CheckContext(candidate=s, train=s, holdout=None, seed=0, batch_size=8, cache_dir=tmp_path)
     with pytest.raises(InputError, match="too small for niqe_block 32: use niqe_block <= 16"):
         QualityValidator().run(ctx, QualityParams(self_test=False))
+
+
+def test_blank_and_background_free_samples_are_flagged_never_silently_averaged(tmp_path, mri):
+    """Constant, empty and background-free slices: finite per-sample values (the documented -1 where a
+    measure is undefined), means over the defined slices only, and a blank share that a rule can block on."""
+    import numpy as np
+
+    from gate.imageio import read_image_folder
+    from gate.imageset import ImageSet
+    from gate.validators import CheckContext
+    from gate_plugins.quality.validator import QualityParams, QualityValidator
+
+    train, holdout, novel = (read_image_folder(mri[k], k) for k in ("train", "holdout", "novel"))
+    images = novel.images.copy()
+    images[0] = 0.0                                    # empty
+    images[1] = 0.5                                    # constant
+    images[2] = np.clip(images[2] + 0.3, 0, 1)         # no background left: the brain fills the field
+    cand = ImageSet("odd", novel.ids, images)
+    ctx = CheckContext(candidate=cand, train=train, holdout=holdout, seed=0, batch_size=32, cache_dir=tmp_path)
+    out = QualityValidator().run(ctx, QualityParams(self_test=False))
+    t = out.table
+    assert list(t["degenerate"][:4]) == [1, 1, 0, 0]
+    numeric = t.drop(columns=["sample_id"]).to_numpy(float)
+    assert np.isfinite(numeric).all()
+    assert (t.loc[:1, ["snr", "cnr", "cjv"]] == -1.0).all().all()
+    assert (t["niqe"][:2] > 2 * t["niqe"][3:].median()).all()  # NIQE is defined on a flat slice: far from real
+    # the means leave the undefined slices out instead of averaging a -1 in (which would flatter CJV or NIQE)
+    defined = t["cjv"][t["cjv"] != -1.0]
+    assert abs(out.scalars["cjv_mean"] - defined.mean()) < 1e-9
+    from gate_plugins.quality.validator import QualityValidator as V
+    frac = next(m for m in V.metrics if m.name == "degenerate_fraction").compute(t, out.scalars)
+    assert frac == 2 / len(images)

@@ -34,7 +34,9 @@ def sensitivity_table(images: np.ndarray, self_test_slices: int = 16, seed: int 
         lines.append(f"| {metric} | " + " | ".join(f"{row[p]:+.2f}" for p in perts) + " |")
     blind = out.diagnostics["insensitive_metrics"]
     unseen = out.diagnostics["unseen_failures"]
+    undefined = out.diagnostics["undefined_on_clean_real"]
     lines += ["", f"insensitive to every perturbation (block rules downgraded): {', '.join(blind) or 'none'}",
+              f"undefined on the clean real slices (rho 0 above): {', '.join(undefined) or 'none'}",
               f"failures no metric sees (|rho| < 0.8 everywhere): {', '.join(unseen) or 'none'}"]
     return "\n".join(lines)
 

@@ -128,6 +128,22 @@ def wm2max(img: np.ndarray, wm: np.ndarray) -> float:
     return float(img[wm].mean() / top) if wm.any() and top > 0 else UNDEFINED
 
 
+def is_degenerate(img: np.ndarray, min_foreground: float = 0.01) -> bool:
+    """A slice that is no image of anything: constant (empty included) or with a foreground of under
+    ``min_foreground`` of its pixels. The measures are then undefined, and a generator that emits such
+    slices has failed whatever its other scores say."""
+    img = np.asarray(img, dtype=np.float64)
+    return bool(np.ptp(img) < 1e-6 or head_mask(img).mean() < min_foreground)
+
+
+def defined_mean(values) -> float:
+    """Mean over the slices where a measure is defined (not the sentinel, finite); NaN where it is
+    defined on none, so that a rule over it cannot pass silently."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v != UNDEFINED)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 def all_iqms(img: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
     """Every measure for one image; all values finite."""
     img = np.asarray(img, dtype=np.float64)

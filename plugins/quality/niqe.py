@@ -88,14 +88,15 @@ def fit_niqe(images: np.ndarray, block: int = 32) -> NiqeModel:
 
 
 def niqe_score(img: np.ndarray, model: NiqeModel) -> float:
-    """Distance of the slice's patch statistics to the pristine model; NaN-free: a slice with no
-    foreground patch scores against its whole-image patches instead."""
+    """Distance of the slice's patch statistics to the pristine model. A slice with no foreground patch
+    scores against its whole-image patches instead; one with no finite patch feature at all (a
+    constant image) gets the sentinel -1 (undefined), never NaN."""
     f = patch_features(img, model.block)
     if len(f) == 0:
         f = patch_features(img, model.block, min_foreground=0.0)
     f = f[np.isfinite(f).all(1)]
     if len(f) == 0:
-        return float("inf")
+        return -1.0
     mu = f.mean(0)
     cov = np.cov(f, rowvar=False) if len(f) > 1 else np.zeros_like(model.cov)
     d = model.mean - mu

@@ -59,8 +59,13 @@ class QualityParams(BaseModel):
 
 
 def _metric_defs() -> tuple[MetricDef, ...]:
-    defs = [MetricDef(f"{m}_mean", m, "mean", f"mean {m.upper()} over samples (MRIQC-style, see README)") for m in IQMS]
-    defs.append(MetricDef("niqe_mean", "niqe", "mean", "mean MRI-NIQE (fitted on the real slices; lower is closer)"))
+    defs = [MetricDef(f"{m}_mean", None, "scalar", f"mean {m.upper()} over the samples where it is defined "
+                                                   "(MRIQC-style, see README)") for m in IQMS]
+    defs.append(MetricDef("niqe_mean", None, "scalar", "mean MRI-NIQE where defined (fitted on train; lower is "
+                                                       "closer to real)"))
+    defs.append(MetricDef("degenerate_fraction", "degenerate", "mean", "share of samples that are constant or "
+                                                                       "nearly all background (a validity check, "
+                                                                       "not a quality measure: no self-test)"))
     for m in SET_METRICS:
         defs.append(MetricDef(m, None, "scalar", f"{m} of the candidate against the holdout (else train)"))
     for m in ("fid", "kid", "mmd"):
@@ -74,7 +79,7 @@ def _metric_defs() -> tuple[MetricDef, ...]:
 class QualityValidator:
     name: ClassVar[str] = "quality"
     Params: ClassVar[type[BaseModel]] = QualityParams
-    columns: ClassVar[tuple[str, ...]] = ("sample_id",) + IQMS + ("niqe",)
+    columns: ClassVar[tuple[str, ...]] = ("sample_id",) + IQMS + ("niqe", "degenerate")
     metrics: ClassVar[tuple[MetricDef, ...]] = _metric_defs()
 
     def run(self, context: CheckContext, params: QualityParams) -> CheckOutput:
@@ -116,6 +121,7 @@ class QualityValidator:
         table = per_sample(cand.images)
         tick(len(cand))
         table.insert(0, "sample_id", list(cand.ids))
+        table.insert(len(IQMS) + 2, "degenerate", [int(iqms.is_degenerate(im)) for im in cand.images])
 
         real_idx = np.sort(rng.choice(len(real), size=min(len(real), MAX_REAL_SLICES), replace=False))
         real_table = per_sample(real.images[real_idx])
@@ -133,8 +139,7 @@ class QualityValidator:
         f_cand = embed(detector.features(cand.images))
         set_scalars = distribution_metrics(f_train, f_hold, f_cand) if len(cand) > 2 else {}
         # every declared set-level metric is present; NaN where undefined (no holdout, too few samples)
-        if scorer is not None:
-            set_scalars.update({f"{c}_mean": float(table[c].mean()) for c in scorer.columns})
+        set_scalars.update({f"{c}_mean": iqms.defined_mean(table[c]) for c in per_sample_metrics})
         scalars = {m.name: float(set_scalars.get(m.name, np.nan)) for m in self.metrics if m.aggregate == "scalar"}
 
         insensitive: dict[str, str] = {}
@@ -149,9 +154,10 @@ class QualityValidator:
             f"the real-vs-real band, the 95 % range of the mean of {len(cand)} real slices drawn at random; the "
             "dot is the candidate's mean (red when outside the band). NIQE is fitted on train.")]
         if params.self_test:
-            rho, with_ventricles = self._self_test(real.images, train.images, f_train, f_hold, per_sample, detector,
+            rho, with_ventricles, undefined_clean = self._self_test(real.images, train.images, f_train, f_hold, per_sample, detector,
                                                    embed, params, context.seed)
             diagnostics["self_test_slices_with_ventricles"] = with_ventricles
+            diagnostics["undefined_on_clean_real"] = undefined_clean
             matrix = {m: {p: round(v, 3) for p, v in row.items()} for m, row in rho.items()}
             diagnostics["sensitivity_rho"] = matrix
             for metric_name, base in [(f"{m}_mean", m) for m in IQMS + ("niqe",)] + [(m, m) for m in SET_METRICS] + \
@@ -159,7 +165,10 @@ class QualityValidator:
                     [(f"{c}_mean", c) for c in (scorer.columns if scorer else [])]:
                 row = rho.get(base, {})
                 seen = [p for p, v in row.items() if abs(v) >= params.sensitivity_threshold]
-                if not seen:
+                if base in undefined_clean:
+                    insensitive[metric_name] = ("undefined on every clean real slice of the self-test (for "
+                                                "instance no background noise), so it cannot respond")
+                elif not seen:
                     insensitive[metric_name] = (f"|Spearman rho| < {params.sensitivity_threshold:g} for every "
                                                 f"perturbation in the self-test on this data")
             diagnostics["insensitive_metrics"] = sorted(insensitive)
@@ -178,7 +187,7 @@ class QualityValidator:
 
     @staticmethod
     def _self_test(real, train, f_train, f_hold, per_sample, detector, embed, params,
-                   seed) -> tuple[dict[str, dict[str, float]], int]:
+                   seed) -> tuple[dict[str, dict[str, float]], int, list[str]]:
         rng = np.random.default_rng(seed + 104729)
         k = min(params.self_test_slices, len(real))
         base = real[rng.choice(len(real), size=k, replace=False)]
@@ -186,7 +195,7 @@ class QualityValidator:
 
         def measure(images: np.ndarray) -> dict[str, float]:
             table = per_sample(images)
-            out = {m: float(table[m].mean()) for m in table.columns}
+            out = {m: iqms.defined_mean(table[m]) for m in table.columns}
             feats = embed(detector.features(images))
             # the candidate-side metrics only: the real-vs-real baseline does not change with the perturbation
             dist = distribution_metrics(reference, None, feats)
@@ -206,7 +215,8 @@ class QualityValidator:
                 v = np.array([x[metric] for x in values], dtype=float)
                 r = stats.spearmanr(np.arange(len(v)), v).statistic if np.ptp(v) > 0 and np.isfinite(v).all() else 0.0
                 rho.setdefault(metric, {})[pert] = float(r) if np.isfinite(r) else 0.0
-        return rho, int(sum(ventricles(im).any() for im in base))
+        undefined_clean = sorted(m for m, v in clean.items() if not np.isfinite(v))
+        return rho, int(sum(ventricles(im).any() for im in base)), undefined_clean
 
 
 def _heatmap(rho: dict[str, dict[str, float]], params: QualityParams) -> bytes:
