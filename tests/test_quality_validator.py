@@ -36,6 +36,11 @@ spec:
     # FBER is undefined (-1) on skull-stripped slices: blind to everything, so its block rule only warns
     assert "fber_mean" in check["diagnostics"]["insensitive_metrics"]
     assert "fber" in check["diagnostics"]["undefined_on_clean_real"]
+    # a metric that looks better as a failure grows (SNR under smoothing or brightening) is listed as fooled
+    fooled = check["diagnostics"]["fooled_by"]
+    assert all(rho[m][p] * (1 if m in ("snr", "cnr", "coverage", "precision", "recall", "density") else -1) >= 0.8
+               for m, ps in fooled.items() for p in ps if m != "snr_dietrich")
+    assert fooled.get("snr")
     blind, pinned, ratio = check["rules"]
     assert blind["severity"] == "warn" and "undefined on every clean real slice" in blind["downgraded"]
     assert not blind["passed"]

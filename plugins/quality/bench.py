@@ -37,7 +37,11 @@ def sensitivity_table(images: np.ndarray, self_test_slices: int = 16, seed: int 
     undefined = out.diagnostics["undefined_on_clean_real"]
     lines += ["", f"insensitive to every perturbation (block rules downgraded): {', '.join(blind) or 'none'}",
               f"undefined on the clean real slices (rho 0 above): {', '.join(undefined) or 'none'}",
-              f"failures no metric sees (|rho| < 0.8 everywhere): {', '.join(unseen) or 'none'}"]
+              "looks better as the failure grows (fooled): " + ("; ".join(
+                  f"{m} by {', '.join(p)}" for m, p in out.diagnostics["fooled_by"].items()) or "none"),
+              f"failures no metric sees (|rho| < 0.8 everywhere): {', '.join(unseen) or 'none'}",
+              "failures every metric that responds to reads as an improvement: "
+              f"{', '.join(out.diagnostics['seen_only_as_improvement']) or 'none'}"]
     return "\n".join(lines)
 
 

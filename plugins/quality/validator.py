@@ -26,6 +26,10 @@ from gate_plugins.quality.perturbations import PERTURBATIONS, memorise, mode_col
 
 IQMS = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max")
 SET_METRICS = ("fid", "kid", "mmd", "precision", "recall", "density", "coverage")
+# +1: higher is better, -1: lower is better (WM2MAX and entropy have no better side)
+BETTER = {"snr": 1, "snr_dietrich": 1, "cnr": 1, "cjv": -1, "efc": -1, "fber": 1, "niqe": -1, "fid": -1, "kid": -1,
+          "mmd": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1, "pyiqa_piqe": -1, "pyiqa_niqe": -1,
+          "pyiqa_brisque": -1}
 MAX_REAL_SLICES = 256  # real slices measured for NIQE's fit and for the real-vs-real band
 SET_LEVELS = (0.1, 0.25, 0.5, 1.0)  # fraction of the set for memorisation and mode collapse
 
@@ -175,10 +179,21 @@ class QualityValidator:
             diagnostics["unseen_failures"] = sorted(p for p in next(iter(rho.values()))
                                                     if all(abs(r.get(p, 0)) < params.sensitivity_threshold
                                                            for r in rho.values()))
+            # a metric that looks *better* as a failure grows is fooled by it, whatever |rho| says
+            diagnostics["fooled_by"] = {m: sorted(p for p, v in row.items()
+                                                  if BETTER.get(m, 0) * v >= params.sensitivity_threshold)
+                                        for m, row in rho.items()}
+            diagnostics["fooled_by"] = {m: v for m, v in diagnostics["fooled_by"].items() if v}
+            diagnostics["seen_only_as_improvement"] = sorted(
+                p for p in next(iter(rho.values()))
+                if p not in diagnostics["unseen_failures"]
+                and all(p in diagnostics["fooled_by"].get(m, []) for m, r in rho.items()
+                        if abs(r.get(p, 0)) >= params.sensitivity_threshold))
             figures.append(Figure("Sensitivity of each metric to each perturbation", _heatmap(rho, params),
                                   "Spearman rho between the metric and the perturbation's severity (0 = clean, "
                                   f"then 4 levels) on {params.self_test_slices} real slices; |rho| < "
-                                  f"{params.sensitivity_threshold:g} means the metric cannot see that failure."))
+                                  f"{params.sensitivity_threshold:g} means the metric cannot see that failure. "
+                                  + _blind_statement(diagnostics)))
         return CheckOutput(table=table, scalars=scalars, insensitive=insensitive, diagnostics=diagnostics,
                            figures=figures, provenance={"extractor": extractor.name,
                                                         "extractor_weights_sha256": extractor.weights_sha256(),
@@ -217,6 +232,18 @@ class QualityValidator:
                 rho.setdefault(metric, {})[pert] = float(r) if np.isfinite(r) else 0.0
         undefined_clean = sorted(m for m, v in clean.items() if not np.isfinite(v))
         return rho, int(sum(ventricles(im).any() for im in base)), undefined_clean
+
+
+def _blind_statement(d: dict) -> str:
+    """The plain statement the report owes its reader: which failures these metrics cannot see here."""
+    unseen, improving = d["unseen_failures"], d["seen_only_as_improvement"]
+    parts = [f"On this data no quality metric sees: {', '.join(unseen)}." if unseen
+             else "Every perturbation moves at least one metric."]
+    if improving:
+        parts.append(f"These look like an improvement to every metric that responds: {', '.join(improving)}.")
+    parts.append("Whatever this matrix says, these metrics do not check anatomy against labels or memorisation "
+                 "per sample: the memorization and segmentation checks do.")
+    return " ".join(parts)
 
 
 def _heatmap(rho: dict[str, dict[str, float]], params: QualityParams) -> bytes:
