@@ -1,9 +1,17 @@
 """The generator contract: what gate expects of an MLflow pyfunc that makes images.
 
-A generator is an MLflow pyfunc whose ``predict`` takes a one-row table with integer columns ``n`` and
-``seed`` and returns ``n`` float images in [0, 1] shaped ``[n, H, W]`` or ``[n, 1, H, W]``. The same
-``(n, seed)`` must give the same images. Subclass :class:`ImageGenerator`, implement ``generate``, and
-register it with :func:`log_generator`.
+Three modes (the policy's ``spec.candidate.mode`` says which one to expect):
+
+- ``unconditional``: ``predict`` takes a one-row table with integer columns ``n`` and ``seed`` and
+  returns ``n`` float images in [0, 1] shaped ``[n, H, W]`` or ``[n, 1, H, W]``
+  (subclass :class:`ImageGenerator`).
+- ``paired``: the same input; returns ``[n, 2, H, W]``: channel 0 the image in [0, 1], channel 1 its
+  label map (class indices stored as floats) (subclass :class:`PairedImageGenerator`).
+- ``conditional``: ``predict`` takes ``{"labels": int64 [n, H, W], "seed": int64 [1]}`` and returns one
+  image per label map, ``[n, H, W]`` (subclass :class:`ConditionalImageGenerator`); gate feeds it label
+  maps of the train set, never of the holdout.
+
+The same input must give the same output. Register a generator with :func:`log_generator`.
 """
 
 from __future__ import annotations
@@ -35,6 +43,41 @@ class ImageGenerator(mlflow.pyfunc.PythonModel):
         return np.concatenate(out) if out else np.zeros((0, 1, 1), np.float32)
 
 
+class PairedImageGenerator(mlflow.pyfunc.PythonModel):
+    """Base class for generators that return each image with its label map."""
+
+    def generate(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+        rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
+        out = []
+        for r in rows:
+            images, labels = self.generate(int(r["n"]), int(r["seed"]))
+            out.append(np.stack([np.asarray(images, np.float32), np.asarray(labels, np.float32)], axis=1))
+        return np.concatenate(out) if out else np.zeros((0, 2, 1, 1), np.float32)
+
+
+class ConditionalImageGenerator(mlflow.pyfunc.PythonModel):
+    """Base class for generators that render an image for each given label map."""
+
+    def generate(self, labels: np.ndarray, seed: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, context, model_input: dict, params: dict[str, Any] | None = None):
+        labels = np.asarray(model_input["labels"])
+        seed = int(np.asarray(model_input["seed"]).ravel()[0])
+        return np.asarray(self.generate(labels, seed), dtype=np.float32)
+
+
+def generator_mode(generator: mlflow.pyfunc.PythonModel) -> str:
+    if isinstance(generator, ConditionalImageGenerator):
+        return "conditional"
+    if isinstance(generator, PairedImageGenerator):
+        return "paired"
+    return "unconditional"
+
+
 def log_generator(
     generator: ImageGenerator,
     registered_model_name: str,
@@ -54,10 +97,15 @@ def log_generator(
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example_shape))]),
-    )
+    mode = generator_mode(generator)
+    if mode == "conditional":
+        inputs = Schema([TensorSpec(np.dtype(np.int64), (-1, *example_shape), "labels"),
+                         TensorSpec(np.dtype(np.int64), (-1,), "seed")])
+    else:
+        inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed")])
+    out_shape = (-1, 2, *example_shape) if mode == "paired" else (-1, *example_shape)
+    signature = ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape)]))
+    tags = {**(tags or {}), "gate.generator_mode": mode}
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     previous = mlflow.get_tracking_uri()
@@ -77,21 +125,52 @@ def log_generator(
     return client.get_model_version(registered_model_name, mv.version), run.info.run_id
 
 
-def sample_generator(model, n: int, seed: int, batch_size: int, progress=lambda _n: None) -> ImageSet:
-    """Draw ``n`` samples in batches of ``batch_size`` (batch ``b`` uses seed ``seed + b``) and check them."""
-    batches = []
+def sample_generator(model, n: int, seed: int, batch_size: int, progress=lambda _n: None, *,
+                     mode: str = "unconditional", condition_labels: np.ndarray | None = None) -> ImageSet:
+    """Draw ``n`` samples in batches of ``batch_size`` (batch ``b`` uses seed ``seed + b``) and check them.
+    In ``conditional`` mode ``condition_labels`` holds the ``n`` label maps to render."""
+    if mode == "conditional" and (condition_labels is None or len(condition_labels) != n):
+        raise InputError("conditional sampling needs one label map per sample")
+    batches, label_batches = [], []
     for b, start in enumerate(range(0, n, batch_size)):
         k = min(batch_size, n - start)
+        label = f"generator batch {b}"
         try:
-            out = model.predict(pd.DataFrame({"n": [k], "seed": [seed + b]}))
+            if mode == "conditional":
+                given = np.ascontiguousarray(condition_labels[start:start + k], dtype=np.int64)
+                out = model.predict({"labels": given, "seed": np.array([seed + b], dtype=np.int64)})
+            else:
+                out = model.predict(pd.DataFrame({"n": [k], "seed": [seed + b]}))
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"generator failed on batch {b} (n={k}, seed={seed + b}): "
                              f"{type(exc).__name__}: {exc}") from None
-        batches.append(check_generator_output(out, k, label=f"generator batch {b}"))
+        if mode == "paired":
+            images, labels = split_paired_output(out, k, label)
+            label_batches.append(labels)
+        else:
+            images = check_generator_output(out, k, label=label)
+            if mode == "conditional":
+                if images.shape[1:] != given.shape[1:]:
+                    raise InputError(f"{label}: images are {images.shape[1:]} but the label maps given are "
+                                     f"{given.shape[1:]}")
+                label_batches.append(given)
+        batches.append(images)
         progress(k)
     images = np.concatenate(batches)
     ids = tuple(f"sample_{i:05d}" for i in range(n))
-    return ImageSet(name="candidate", ids=ids, images=images)
+    labels = np.concatenate(label_batches) if label_batches else None
+    return ImageSet(name="candidate", ids=ids, images=images, labels=labels)
+
+
+def split_paired_output(out: Any, n: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.asarray(out)
+    if arr.ndim != 4 or arr.shape[1] != 2:
+        raise InputError(f"{label}: a paired generator returns [n, 2, H, W] (image, label map), got {arr.shape}")
+    images = check_generator_output(arr[:, 0], n, label)
+    labels = arr[:, 1]
+    if not np.isfinite(labels).all() or (labels != np.round(labels)).any() or (labels < 0).any():
+        raise InputError(f"{label}: channel 1 must hold label maps of non-negative integers")
+    return images, labels.astype(np.int64)
 
 
 def check_generator_output(out: Any, n: int, label: str) -> np.ndarray:

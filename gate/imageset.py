@@ -24,16 +24,21 @@ class ManifestEntry:
 
 @dataclasses.dataclass(frozen=True)
 class ImageSet:
-    """``images`` is float32 [n, H, W]; ``ids`` names each image (``FILE`` or ``FILE#Z``)."""
+    """``images`` is float32 [n, H, W]; ``ids`` names each image (``FILE`` or ``FILE#Z``); ``labels``,
+    when the set is labelled, holds one integer label map per image, [n, H, W]."""
 
     name: str
     ids: tuple[str, ...]
     images: np.ndarray
     manifest: tuple[ManifestEntry, ...] = ()
+    labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 3 or len(self.ids) != len(self.images):
             raise ValueError(f"{self.name}: images must be [n, H, W] with one id per image")
+        if self.labels is not None and (self.labels.shape != self.images.shape
+                                        or not np.issubdtype(self.labels.dtype, np.integer)):
+            raise ValueError(f"{self.name}: labels must be integer maps shaped like the images")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,7 +53,9 @@ class ImageSet:
         import hashlib
 
         if not self.manifest:
-            return content_digest(self.images)
+            if self.labels is None:
+                return content_digest(self.images)
+            return hashlib.sha256((content_digest(self.images) + content_digest(self.labels)).encode()).hexdigest()
         h = hashlib.sha256()
         for entry in sorted(self.manifest, key=lambda e: e.path):
             h.update(f"{entry.path}\0{entry.sha256}\n".encode())

@@ -33,6 +33,9 @@ class CandidateSpec(Strict):
     n_samples: int = Field(64, ge=1, description="How many samples to draw from a registry generator")
     seed: int = Field(0, ge=0, description="Seed passed to the generator and to every validator")
     batch_size: int = Field(16, ge=1, description="Samples per generator call and per extractor batch")
+    mode: Literal["unconditional", "conditional", "paired"] = Field(
+        "unconditional", description="What the registry generator takes and returns: (n, seed) -> images; "
+                                     "train label maps -> images; or (n, seed) -> images with label maps")
 
 
 class DataSpec(Strict):

@@ -6,10 +6,13 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from gate.engine import Inputs, load_inputs, run
 from gate.errors import ExitCode, InputError, ValidatorError
 from gate.generator import sample_generator
 from gate.imageio import read_image_folder
+from gate.imageset import ImageSet
 from gate.registry import ModelRef, check_reachable, load_generator, resolve_model, resolve_tracking_uri
 from gate.render.writer import write_reports
 from gate.report import Report
@@ -48,6 +51,16 @@ class Result:
         return ExitCode.PASS
 
 
+def conditioning_labels(train: ImageSet, n: int, seed: int) -> np.ndarray:
+    """``n`` label maps of the train set (seeded; repeated only when train has fewer than ``n``): a
+    conditional generator never sees the holdout's labels, which stay for testing."""
+    if train.labels is None:
+        raise InputError(f"spec.candidate.mode is conditional but the train folder has no labels: give "
+                         f"{train.name} as images/ and labels/ with matching file names")
+    rng = np.random.default_rng(seed)
+    return train.labels[rng.choice(len(train), size=n, replace=n > len(train))]
+
+
 def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n: None),
              inputs: Inputs | None = None) -> Result:
     """Check every input, draw or read the candidate, run the policy, write the reports and (with a
@@ -66,8 +79,11 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         ref = resolve_model(req.model, tracking_uri)
         generator = load_generator(ref, tracking_uri)
         n = spec.candidate.n_samples
+        condition = conditioning_labels(inputs.train, n, spec.candidate.seed) \
+            if spec.candidate.mode == "conditional" else None
         candidate = sample_generator(generator, n, spec.candidate.seed, spec.candidate.batch_size,
-                                     progress(f"sampling {ref.version_uri}", n))
+                                     progress(f"sampling {ref.version_uri}", n), mode=spec.candidate.mode,
+                                     condition_labels=condition)
         model_info = {"name": ref.name, "version": ref.version, "source": ref.source, "run_id": ref.run_id,
                       "uri": ref.uri}
     else:

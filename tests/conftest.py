@@ -73,3 +73,13 @@ spec:
       rules:{rules if rules.strip() else " []"}
 """)
     return path
+
+
+@pytest.fixture(scope="session")
+def mri_labelled():
+    """Labelled slices of distinct synthetic subjects: train (3 x 12) and test (2 x 8)."""
+    from gate_plugins.mri.subjects import labelled_subject_slices
+
+    tr_i, tr_l, _ = labelled_subject_slices(range(1, 4), 12)
+    te_i, te_l, _ = labelled_subject_slices(range(201, 203), 8)
+    return tr_i, tr_l, te_i, te_l

@@ -21,17 +21,20 @@ def test_every_entry_point_loads():
 
 
 @pytest.fixture(scope="module")
-def small_sets(mri):
-    from gate.imageio import read_image_folder
+def small_sets():
+    """Labelled slices of distinct synthetic subjects, so that every kind of validator can run."""
+    from gate_plugins.mri.subjects import labelled_subject_slices
 
-    train = read_image_folder(mri["train"], "train")
-    cand = read_image_folder(mri["copies"], "candidate")
-    cand = ImageSet("candidate", cand.ids[:12], cand.images[:12])
-    return train, cand
+    def labelled(name, seeds, n):
+        images, labels, ids = labelled_subject_slices(seeds, n)
+        return ImageSet(name, tuple(ids), images, labels=labels.astype(np.int64))
+
+    return labelled("train", range(1, 4), 8), labelled("candidate", range(301, 303), 6), \
+        labelled("holdout", range(201, 203), 6)
 
 
-def _context(train, cand, tmp_path, seed=0):
-    return CheckContext(candidate=cand, train=train, holdout=None, seed=seed, batch_size=8, cache_dir=tmp_path)
+def _context(train, cand, tmp_path, seed=0, holdout=None):
+    return CheckContext(candidate=cand, train=train, holdout=holdout, seed=seed, batch_size=8, cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -57,9 +60,9 @@ def test_declared_metrics_and_columns(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_output_is_deterministic_for_a_seed_and_matches_the_declaration(name, small_sets, tmp_path):
     cls = REGISTRY.validators[name].cls
-    train, cand = small_sets
-    a = cls().run(_context(train, cand, tmp_path), cls.Params())
-    b = cls().run(_context(train, cand, tmp_path), cls.Params())
+    train, cand, holdout = small_sets
+    a = cls().run(_context(train, cand, tmp_path, holdout=holdout), cls.Params())
+    b = cls().run(_context(train, cand, tmp_path, holdout=holdout), cls.Params())
     assert list(a.table.columns[: len(cls.columns)]) == list(cls.columns)
     assert a.table["sample_id"].tolist() == list(cand.ids)
     pd.testing.assert_frame_equal(a.table, b.table)
@@ -73,11 +76,12 @@ def test_output_is_deterministic_for_a_seed_and_matches_the_declaration(name, sm
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_raises_a_clear_error(name, small_sets, tmp_path):
     cls = REGISTRY.validators[name].cls
-    train, cand = small_sets
+    train, cand, holdout = small_sets
     tiny = ImageSet("train", train.ids[:2], train.images[:2])
     with pytest.raises(GateError, match="train"):
-        cls().run(_context(tiny, cand, tmp_path), cls.Params())
+        cls().run(_context(tiny, cand, tmp_path, holdout=holdout), cls.Params())
     bad = cand.images.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(GateError, match="non-finite"):
-        cls().run(_context(train, ImageSet("candidate", cand.ids, bad), tmp_path), cls.Params())
+        cls().run(_context(train, ImageSet("candidate", cand.ids, bad, labels=cand.labels), tmp_path,
+                           holdout=holdout), cls.Params())

@@ -28,6 +28,29 @@ def template_volume() -> np.ndarray:
     return np.clip(t1 / max(float(t1.max()), 1e-6), 0, 1).astype(np.float32)
 
 
+LABELS = {"background": 0, "CSF": 1, "GM": 2, "WM": 3}
+
+
+@lru_cache(maxsize=1)
+def template_labels() -> np.ndarray:
+    """Tissue labels of the template on the same grid: 0 background, 1 CSF, 2 GM, 3 WM. GM and WM come
+    from nilearn's MNI152 probability maps; CSF is what the brain mask (T1 > 0.2, as nilearn defines it)
+    holds beyond them. Each voxel takes the most probable class."""
+    from nilearn import datasets
+
+    def load(img) -> np.ndarray:
+        return ndi.zoom(np.asarray(img.dataobj, dtype=np.float32), 1 / 1.5, order=1)
+
+    t1 = load(datasets.load_mni152_template(resolution=1))
+    gm = load(datasets.load_mni152_gm_template(resolution=1))
+    wm = load(datasets.load_mni152_wm_template(resolution=1))
+    brain = t1 / max(float(t1.max()), 1e-6) > 0.2
+    csf = np.clip(1.0 - gm - wm, 0, 1)
+    labels = np.argmax(np.stack([csf, gm, wm]), axis=0).astype(np.uint8) + 1
+    labels[~brain] = 0
+    return labels
+
+
 @dataclasses.dataclass(frozen=True)
 class SubjectParams:
     displacement_mm: float = 4.0   # standard deviation of the smooth displacement field
@@ -40,6 +63,13 @@ class SubjectParams:
 
 def make_subject(seed: int, params: SubjectParams = SubjectParams()) -> np.ndarray:
     """One synthetic subject volume on the 1.5 mm grid (deterministic in ``seed``)."""
+    return make_labelled_subject(seed, params, with_labels=False)[0]
+
+
+def make_labelled_subject(seed: int, params: SubjectParams = SubjectParams(),
+                          with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """A synthetic subject and its tissue labels, warped by the same deformation (labels by nearest
+    neighbour), so that the labels are the subject's anatomy, not the template's."""
     vol = template_volume()
     rng = np.random.default_rng(seed)
     shape = np.array(vol.shape)
@@ -58,7 +88,8 @@ def make_subject(seed: int, params: SubjectParams = SubjectParams()) -> np.ndarr
     bias = np.exp(_smooth_fields(rng, vol.shape, 20 / voxel, 1)[0] * params.bias_sd)
     gamma = float(np.exp(rng.normal(0, params.gamma_sd)))
     out = np.clip(warped * np.clip(bias, 0.7, 1.3), 0, 1) ** gamma
-    return out.astype(np.float32)
+    labels = ndi.map_coordinates(template_labels(), coords, order=0, mode="constant", cval=0) if with_labels else None
+    return out.astype(np.float32), labels
 
 
 def _smooth_fields(rng, shape, sigma: float, count: int, factor: int = 4) -> list[np.ndarray]:
@@ -73,21 +104,30 @@ def _smooth_fields(rng, shape, sigma: float, count: int, factor: int = 4) -> lis
     return out
 
 
-def _square(img: np.ndarray, size: int) -> np.ndarray:
+def _square(img: np.ndarray, size: int, order: int = 1) -> np.ndarray:
     h, w = img.shape
     s = max(h, w)
     pad = np.zeros((s, s), img.dtype)
     pad[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = img
-    return ndi.zoom(pad, size / s, order=1)
+    return ndi.zoom(pad, size / s, order=order)
+
+
+def _slice_indices(nz: int, n_slices: int) -> np.ndarray:
+    return np.linspace(0.22 * nz, 0.68 * nz, n_slices).round().astype(int)
 
 
 def axial_slices(volume: np.ndarray, n_slices: int, size: int = SLICE_SIZE) -> np.ndarray:
     """``n_slices`` evenly spaced axial slices through the brain (from 22 % to 68 % of the field of
     view: above the skull base, below the vertex), squared and resized, in [0, 1]."""
-    nz = volume.shape[2]
-    zs = np.linspace(0.22 * nz, 0.68 * nz, n_slices).round().astype(int)
+    zs = _slice_indices(volume.shape[2], n_slices)
     slices = np.stack([_square(volume[:, :, z].T[::-1], size) for z in zs])
     return np.clip(slices, 0, 1).astype(np.float32)
+
+
+def axial_label_slices(labels: np.ndarray, n_slices: int, size: int = SLICE_SIZE) -> np.ndarray:
+    """The label slices matching :func:`axial_slices` (resized by nearest neighbour)."""
+    zs = _slice_indices(labels.shape[2], n_slices)
+    return np.stack([_square(labels[:, :, z].T[::-1], size, order=0) for z in zs]).astype(np.uint8)
 
 
 def subject_slices(seeds: list[int] | range, n_slices: int, size: int = SLICE_SIZE) -> tuple[np.ndarray, list[str]]:
@@ -97,3 +137,15 @@ def subject_slices(seeds: list[int] | range, n_slices: int, size: int = SLICE_SI
         images.append(axial_slices(make_subject(seed), n_slices, size))
         ids += [f"subj{seed:04d}_z{k:02d}" for k in range(n_slices)]
     return np.concatenate(images), ids
+
+
+def labelled_subject_slices(seeds: list[int] | range, n_slices: int,
+                            size: int = SLICE_SIZE) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """As :func:`subject_slices`, with each slice's tissue labels (0 bg, 1 CSF, 2 GM, 3 WM)."""
+    images, labels, ids = [], [], []
+    for seed in seeds:
+        vol, lab = make_labelled_subject(seed)
+        images.append(axial_slices(vol, n_slices, size))
+        labels.append(axial_label_slices(lab, n_slices, size))
+        ids += [f"subj{seed:04d}_z{k:02d}" for k in range(n_slices)]
+    return np.concatenate(images), np.concatenate(labels), ids

@@ -1,0 +1,1 @@
+"""The downstream-segmentation validator: train on synthetic, test on real (TSTR)."""

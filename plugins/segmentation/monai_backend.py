@@ -1,0 +1,78 @@
+"""The default back end: a MONAI 2D UNet trained on CPU, deterministic given the seed."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+class TimeBudgetExceeded(RuntimeError):
+    pass
+
+
+def build_unet(n_classes: int, channels: tuple[int, ...]) -> torch.nn.Module:
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=1, out_channels=n_classes, channels=channels,
+                strides=(2,) * (len(channels) - 1), num_res_units=2)
+
+
+def train_unet(images: np.ndarray, labels: np.ndarray, n_classes: int, *, epochs: int, batch_size: int, lr: float,
+               channels: tuple[int, ...], seed: int, deadline: float | None = None,
+               progress: Callable[[int], None] = lambda _n: None) -> torch.nn.Module:
+    """Train with Dice + cross-entropy and Adam. ``deadline`` (a ``time.monotonic()`` value) ends the
+    run with :class:`TimeBudgetExceeded`; ``progress`` is told after each epoch."""
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = build_unet(n_classes, channels)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))[:, None]
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.Adam(net.parameters(), lr)
+    for epoch in range(epochs):
+        net.train()
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            b = perm[i:i + batch_size]
+            opt.zero_grad()
+            loss_fn(net(x[b]), y[b]).backward()
+            opt.step()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeBudgetExceeded(f"time budget ran out during epoch {epoch + 1} of {epochs}")
+        progress(1)
+    return net.eval()
+
+
+def predict(net: torch.nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))[:, None]
+            out.append(net(x).argmax(1).numpy().astype(np.uint8))
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
+
+
+class MonaiBackend:
+    """Train on one labelled set, score per case on the test set."""
+
+    def fit_score(self, images, labels, test_images, test_labels, n_classes, params, seed, deadline,
+                  progress) -> dict[str, np.ndarray]:
+        from gate_plugins.segmentation.metrics import per_case
+
+        try:
+            net = train_unet(images, labels, n_classes, epochs=params.epochs, batch_size=params.batch_size,
+                             lr=params.learning_rate, channels=tuple(params.channels), seed=seed, deadline=deadline,
+                             progress=progress)
+        except TimeBudgetExceeded as e:
+            raise TimeBudgetExceeded(f"segmentation: time_budget_s = {params.time_budget_s:g} ran out ({e})") from None
+        return per_case(predict(net, test_images), test_labels, n_classes)
+
+    def versions(self) -> dict[str, str]:
+        import monai
+
+        return {"monai": monai.__version__, "torch": torch.__version__}

@@ -1,0 +1,189 @@
+"""The downstream-segmentation validator: train a segmenter on the candidate's labelled images, test it on
+the real labelled holdout, and compare with a segmenter trained on real train slices with the same
+budget (same number of slices, epochs and seed). Image metrics can look fine while anatomy is wrong for
+its labels; this check sees that, because a segmenter learns the anatomy the labels describe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from gate.errors import InputError
+from gate.imageset import ImageSet
+from gate.validators import CheckContext, CheckOutput, MetricDef
+from gate_plugins.segmentation import metrics as M
+
+_SCALARS = {
+    "dice_mean": "mean Dice over the foreground classes of the segmenter trained on the candidate, on real holdout",
+    "dice_mean_lower": "lower end of the 95 % bootstrap interval of dice_mean (over holdout cases)",
+    "dice_mean_upper": "upper end of the 95 % bootstrap interval of dice_mean",
+    "dice_worst_class": "the lowest per-class mean Dice (a class the synthetic data teaches badly)",
+    "hd95_mean": "mean 95th-percentile Hausdorff distance in pixels over the foreground classes",
+    "hd95_mean_lower": "lower end of the 95 % bootstrap interval of hd95_mean",
+    "hd95_mean_upper": "upper end of the 95 % bootstrap interval of hd95_mean",
+    "baseline_dice_mean": "mean Dice of the real-only baseline (same budget) on the same holdout",
+    "dice_drop": "baseline Dice minus candidate Dice, mean over holdout cases",
+    "dice_drop_lower": "lower end of the 95 % paired-bootstrap interval of dice_drop",
+    "dice_drop_upper": "upper end of that interval: a rule `dice_drop_upper lte 0.05` bounds the loss",
+    "hd95_increase": "candidate HD95 minus baseline HD95, mean over holdout cases",
+    "hd95_increase_lower": "lower end of the 95 % paired-bootstrap interval of hd95_increase",
+    "hd95_increase_upper": "upper end of that interval",
+    "mixed_dice_mean": "mean Dice of a segmenter trained on real + synthetic (when params.real_plus_synthetic)",
+    "mixed_dice_gain": "mixed_dice_mean minus baseline_dice_mean (positive: the synthetic data helps)",
+}
+
+
+class SegmentationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["monai", "nnunet"] = Field("monai", description="segmenter: MONAI 2D UNet, or nnU-Net v2 "
+                                                                     "(optional extra gate-mri[nnunet])")
+    epochs: int = Field(20, ge=1, le=1000, description="training epochs (each model)")
+    batch_size: int = Field(8, ge=1, le=256)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    channels: tuple[int, ...] = Field((16, 32, 64, 128), min_length=2, max_length=6,
+                                      description="UNet features per level (MONAI back end)")
+    baseline: bool = Field(True, description="train the real-only baseline (needs labelled train images)")
+    real_plus_synthetic: bool = Field(False, description="also train on real + synthetic and report the gain")
+    max_test_slices: int = Field(256, ge=4, description="holdout slices scored (seeded subsample beyond that)")
+    bootstrap: int = Field(2000, ge=100, le=100000, description="bootstrap resamples for the intervals")
+    time_budget_s: float = Field(900, gt=0, description="wall-clock budget of the whole check; when it runs "
+                                                        "out the check ends in error (and blocks)")
+    cache: bool = Field(True, description="reuse the baseline's results across candidates")
+
+
+class SegmentationValidator:
+    name: ClassVar[str] = "segmentation"
+    Params: ClassVar[type[BaseModel]] = SegmentationParams
+    columns: ClassVar[tuple[str, ...]] = ("sample_id", "classes_present", "foreground_fraction")
+    metrics: ClassVar[tuple[MetricDef, ...]] = tuple(
+        MetricDef(k, None, "scalar", v) for k, v in _SCALARS.items()) + (
+        MetricDef("foreground_fraction_mean", "foreground_fraction", "mean",
+                  "mean share of labelled (non-background) pixels in the candidate's label maps"),)
+
+    def run(self, context: CheckContext, params: SegmentationParams) -> CheckOutput:
+        deadline = time.monotonic() + params.time_budget_s
+        cand, holdout, train = context.candidate, context.holdout, context.train
+        n_classes, class_ids = _check_labels(cand, holdout, train if params.baseline else None)
+        rng = np.random.default_rng(context.seed + 31337)
+        test_idx = np.sort(rng.choice(len(holdout), size=min(len(holdout), params.max_test_slices), replace=False))
+        test_images, test_labels = holdout.images[test_idx], holdout.labels[test_idx]
+        backend = _backend(params)
+        names = [f"class{c}" for c in class_ids[1:]]
+
+        synthetic = backend.fit_score(cand.images, cand.labels, test_images, test_labels, n_classes, params,
+                                      context.seed, deadline, context.progress("segmentation: train on candidate",
+                                                                               params.epochs))
+        baseline, cache_hit = None, False
+        if params.baseline:
+            pick = np.sort(np.random.default_rng(context.seed).choice(
+                len(train), size=min(len(train), len(cand)), replace=False))
+            key = _baseline_key(train, holdout, pick, test_idx, n_classes, params, context.seed)
+            path = context.cache_dir / f"segmentation-baseline-{key[:32]}.npz" if params.cache and context.cache_dir \
+                else None
+            if path is not None and path.is_file():
+                with np.load(path) as z:
+                    baseline, cache_hit = {"dice": z["dice"], "hd95": z["hd95"]}, True
+            else:
+                baseline = backend.fit_score(train.images[pick], train.labels[pick], test_images, test_labels,
+                                             n_classes, params, context.seed, deadline,
+                                             context.progress("segmentation: real-only baseline", params.epochs))
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp.npz")
+                    np.savez(tmp, **baseline)
+                    tmp.replace(path)
+        scalars = M.summarise(synthetic, baseline, names, context.seed, reps=params.bootstrap)
+        per_class = {n: round(scalars[f"dice_{n}"], 4) for n in names}
+        scalars["dice_worst_class"] = min(per_class.values())
+        if params.real_plus_synthetic and baseline is not None:
+            mixed = backend.fit_score(np.concatenate([train.images[pick], cand.images]),
+                                      np.concatenate([train.labels[pick], cand.labels]), test_images, test_labels,
+                                      n_classes, params, context.seed, deadline,
+                                      context.progress("segmentation: real + synthetic", params.epochs))
+            scalars["mixed_dice_mean"] = float(mixed["dice"].mean())
+            scalars["mixed_dice_gain"] = scalars["mixed_dice_mean"] - scalars["baseline_dice_mean"]
+
+        fg = (cand.labels > 0).reshape(len(cand), -1).mean(1)
+        present = [int(len(np.unique(lab))) for lab in cand.labels]
+        table = pd.DataFrame({"sample_id": list(cand.ids), "classes_present": present, "foreground_fraction": fg})
+        cases = pd.DataFrame({"holdout_id": [holdout.ids[i] for i in test_idx]})
+        for k, n in enumerate(names):
+            cases[f"dice_{n}"] = synthetic["dice"][:, k]
+            if baseline is not None:
+                cases[f"baseline_dice_{n}"] = baseline["dice"][:, k]
+        diagnostics = {
+            "classes": class_ids, "dice_per_class": per_class,
+            "hd95_per_class": {n: round(scalars[f"hd95_{n}"], 3) for n in names},
+            "baseline_dice_per_class": ({n: round(float(baseline["dice"][:, k].mean()), 4)
+                                         for k, n in enumerate(names)} if baseline is not None else None),
+            "test_slices": len(test_idx), "train_slices_per_model": len(cand), "baseline_cache_hit": cache_hit,
+            "worst_cases": cases.assign(mean=synthetic["dice"].mean(1)).nsmallest(5, "mean").round(4)
+            .to_dict("records"),
+            "seconds": round(params.time_budget_s - (deadline - time.monotonic()), 1),
+        }
+        return CheckOutput(table=table, scalars={k: float(scalars.get(k, np.nan)) for k in _SCALARS},
+                           diagnostics=diagnostics,
+                           provenance={"backend": params.backend, **backend.versions()})
+
+
+def _check_labels(cand: ImageSet, holdout: ImageSet | None, train: ImageSet | None) -> tuple[int, list[int]]:
+    """The class indices the holdout defines; every labelled set must use exactly those (bar none)."""
+    for s in (cand, holdout, train):
+        if s is not None and not np.isfinite(s.images).all():
+            raise InputError(f"{s.name} images contain non-finite values (NaN or inf)")
+    if cand.labels is None:
+        raise InputError("the segmentation check needs labelled candidates: set spec.candidate.mode to "
+                         "conditional or paired, or give --samples a folder with images/ and labels/")
+    if holdout is None or holdout.labels is None:
+        raise InputError("the segmentation check needs a labelled holdout: spec.data.holdout with images/ and "
+                         "labels/ (real scans the generator never saw)")
+    if train is not None and train.labels is None:
+        raise InputError("the real-only baseline needs labelled train images (spec.data.train with images/ and "
+                         "labels/), or set params.baseline: false")
+    if cand.shape != holdout.shape:
+        raise InputError(f"candidate images are {cand.shape} but the holdout's are {holdout.shape}")
+    classes = sorted(int(c) for c in np.unique(holdout.labels))
+    if len(classes) < 2:
+        raise InputError(f"{holdout.name}: the holdout labels hold a single class ({classes}): nothing to segment")
+    for s in (cand, train):
+        if s is None:
+            continue
+        used = set(int(c) for c in np.unique(s.labels))
+        extra = sorted(used - set(classes))
+        if extra:
+            raise InputError(f"{s.name} labels use class {extra[0]}, which the holdout labels lack "
+                             f"(holdout classes: {classes})")
+        empty = sorted(set(classes) - used)
+        if empty:
+            raise InputError(f"{s.name} labels never contain class {empty[0]} (holdout classes: {classes}): a "
+                             "segmenter trained on them cannot learn it")
+    return max(classes) + 1, classes
+
+
+def _baseline_key(train: ImageSet, holdout: ImageSet, pick, test_idx, n_classes, params, seed) -> str:
+    import monai
+    import torch
+
+    relevant = params.model_dump(mode="json", include={"backend", "epochs", "batch_size", "learning_rate", "channels"})
+    blob = json.dumps({"train": train.manifest_sha256(), "holdout": holdout.manifest_sha256(),
+                       "pick": np.asarray(pick).tolist(), "test": np.asarray(test_idx).tolist(),
+                       "classes": n_classes, "params": relevant, "seed": seed,
+                       "torch": torch.__version__, "monai": monai.__version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _backend(params: SegmentationParams):
+    if params.backend == "nnunet":
+        from gate_plugins.segmentation.nnunet_backend import NnUNetBackend
+
+        return NnUNetBackend()
+    from gate_plugins.segmentation.monai_backend import MonaiBackend
+
+    return MonaiBackend()
