@@ -64,7 +64,7 @@ class ConditionalImageGenerator(mlflow.pyfunc.PythonModel):
     def generate(self, labels: np.ndarray, seed: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def predict(self, context, model_input: dict, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input, params=None):  # a dict of arrays; MLflow rejects a `dict` hint
         labels = np.asarray(model_input["labels"])
         seed = int(np.asarray(model_input["seed"]).ravel()[0])
         return np.asarray(self.generate(labels, seed), dtype=np.float32)

@@ -33,9 +33,14 @@ class CandidateSpec(Strict):
     n_samples: int = Field(64, ge=1, description="How many samples to draw from a registry generator")
     seed: int = Field(0, ge=0, description="Seed passed to the generator and to every validator")
     batch_size: int = Field(16, ge=1, description="Samples per generator call and per extractor batch")
-    mode: Literal["unconditional", "conditional", "paired"] = Field(
-        "unconditional", description="What the registry generator takes and returns: (n, seed) -> images; "
-                                     "train label maps -> images; or (n, seed) -> images with label maps")
+    mode: Literal["auto", "unconditional", "conditional", "paired"] = Field(
+        "auto", description="What the registry generator takes and returns: (n, seed) -> images; train label "
+                            "maps -> images; or (n, seed) -> images with label maps. auto: the version's "
+                            "gate.generator_mode tag (log_generator sets it), else unconditional")
+    label_deformation_px: float = Field(
+        4.0, ge=0, le=32, allow_inf_nan=False,
+        description="conditional mode: smooth random displacement applied to each train label map first, so "
+                    "that a faithful generator renders new anatomy rather than a training slice's (0: none)")
 
 
 class DataSpec(Strict):

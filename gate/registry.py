@@ -38,6 +38,7 @@ class ModelRef:
     source: str
     run_id: str | None
     uri: str  # as the user gave it
+    generator_mode: str | None = None  # the version's gate.generator_mode tag (set by log_generator)
 
     @property
     def version_uri(self) -> str:
@@ -62,7 +63,8 @@ def resolve_model(uri: str, tracking_uri: str) -> ModelRef:
             mv = client.get_model_version(m["name"], m["version"])
     except Exception as exc:  # noqa: BLE001 - mlflow raises several types for these
         raise InputError(f"{uri}: {_mlflow_reason(exc, tracking_uri)}") from None
-    return ModelRef(name=mv.name, version=str(mv.version), source=mv.source, run_id=mv.run_id, uri=uri)
+    return ModelRef(name=mv.name, version=str(mv.version), source=mv.source, run_id=mv.run_id, uri=uri,
+                    generator_mode=(mv.tags or {}).get("gate.generator_mode"))
 
 
 def load_generator(ref: ModelRef, tracking_uri: str):

@@ -51,14 +51,18 @@ class Result:
         return ExitCode.PASS
 
 
-def conditioning_labels(train: ImageSet, n: int, seed: int) -> np.ndarray:
-    """``n`` label maps of the train set (seeded; repeated only when train has fewer than ``n``): a
-    conditional generator never sees the holdout's labels, which stay for testing."""
+def conditioning_labels(train: ImageSet, n: int, seed: int, deformation_px: float = 0.0) -> np.ndarray:
+    """``n`` label maps of the train set (seeded; repeated only when train has fewer than ``n``), each
+    deformed by :func:`gate.labelmaps.deform_label_maps`: a conditional generator never sees the
+    holdout's labels, which stay for testing."""
+    from gate.labelmaps import deform_label_maps
+
     if train.labels is None:
         raise InputError(f"spec.candidate.mode is conditional but the train folder has no labels: give "
                          f"{train.name} as images/ and labels/ with matching file names")
     rng = np.random.default_rng(seed)
-    return train.labels[rng.choice(len(train), size=n, replace=n > len(train))]
+    chosen = train.labels[rng.choice(len(train), size=n, replace=n > len(train))]
+    return deform_label_maps(chosen, rng, deformation_px)
 
 
 def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n: None),
@@ -79,13 +83,17 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         ref = resolve_model(req.model, tracking_uri)
         generator = load_generator(ref, tracking_uri)
         n = spec.candidate.n_samples
-        condition = conditioning_labels(inputs.train, n, spec.candidate.seed) \
-            if spec.candidate.mode == "conditional" else None
+        mode = spec.candidate.mode if spec.candidate.mode != "auto" else (ref.generator_mode or "unconditional")
+        if mode not in ("unconditional", "conditional", "paired"):
+            raise InputError(f"{ref.uri}: unknown gate.generator_mode tag {mode!r} (unconditional, conditional, "
+                             "paired); set spec.candidate.mode")
+        condition = conditioning_labels(inputs.train, n, spec.candidate.seed, spec.candidate.label_deformation_px) \
+            if mode == "conditional" else None
         candidate = sample_generator(generator, n, spec.candidate.seed, spec.candidate.batch_size,
-                                     progress(f"sampling {ref.version_uri}", n), mode=spec.candidate.mode,
+                                     progress(f"sampling {ref.version_uri}", n), mode=mode,
                                      condition_labels=condition)
         model_info = {"name": ref.name, "version": ref.version, "source": ref.source, "run_id": ref.run_id,
-                      "uri": ref.uri}
+                      "uri": ref.uri, "generator_mode": mode}
     else:
         candidate = read_image_folder(req.samples, "candidate")
 

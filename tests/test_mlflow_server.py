@@ -71,10 +71,17 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def versions(server, mri, tmp_path_factory):
-    slices = tmp_path_factory.mktemp("art") / "train_slices.npy"
-    np.save(slices, mri["train_images"])
+    from gate_plugins.mri.subjects import labelled_subject_slices
+
+    art = tmp_path_factory.mktemp("art")
+    images, labels, _ = labelled_subject_slices(range(1, 5), 24)  # the fixture's train subjects, with labels
+    assert np.array_equal(images, mri["train_images"])
+    np.save(art / "train_slices.npy", images)
+    np.save(art / "train_labels.npy", labels)
     honest, _ = log_generator(NovelSubjectGenerator(), NAME, tracking_uri=server)
-    copier, _ = log_generator(CopyingGenerator(), NAME, tracking_uri=server, artifacts={"train_slices": str(slices)})
+    copier, _ = log_generator(CopyingGenerator(), NAME, tracking_uri=server,
+                              artifacts={"train_slices": str(art / "train_slices.npy"),
+                                         "train_labels": str(art / "train_labels.npy")})
     broken, _ = log_generator(WrongShapeGenerator(), "broken-gen", tracking_uri=server)
     return {"honest": honest.version, "copier": copier.version, "broken": broken.version}
 
