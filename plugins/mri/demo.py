@@ -59,11 +59,11 @@ def run_demo(workdir: Path, policy: Path, quiet: bool = False) -> int:
         outcomes.append((mv.version, label, result))
     table = Table(title=f"gate demo ({time.perf_counter() - t0:.0f} s)")
     check_ids = [c.id for c in outcomes[0][2].report.checks]
-    for col in ("version", "generator", *check_ids, "verdict", "promoted to @champion"):
+    for col in ("v", "generator", *check_ids, "verdict", "@champion"):
         table.add_column(col)
     for version, label, result in outcomes:
         table.add_row(str(version), label, *(check_outcome(c) for c in result.report.checks), result.report.verdict,
-                      "yes" if result.promoted else "no (refused)")
+                      "promoted" if result.promoted else "refused")
     console.print(table)
     console.print(f"reports: {root / 'reports'}/v*/report.html", highlight=False)
     console.print(f"registry: {uri}  (browse it with: mlflow ui --backend-store-uri {uri})", highlight=False)
