@@ -49,6 +49,8 @@ class SegmentationParams(BaseModel):
     learning_rate: float = Field(1e-3, gt=0, le=1)
     channels: tuple[int, ...] = Field((16, 32, 64, 128), min_length=2, max_length=6,
                                       description="UNet features per level (MONAI back end)")
+    nnunet_iterations: int = Field(25, ge=1, le=250, description="nnU-Net: training iterations per epoch "
+                                                                  "(nnU-Net's own default is 250)")
     baseline: bool = Field(True, description="train the real-only baseline (needs labelled train images)")
     real_plus_synthetic: bool = Field(False, description="also train on real + synthetic and report the gain")
     max_test_slices: int = Field(256, ge=4, description="holdout slices scored (seeded subsample beyond that)")
@@ -171,7 +173,8 @@ def _baseline_key(train: ImageSet, holdout: ImageSet, pick, test_idx, n_classes,
     import monai
     import torch
 
-    relevant = params.model_dump(mode="json", include={"backend", "epochs", "batch_size", "learning_rate", "channels"})
+    relevant = params.model_dump(mode="json", include={"backend", "epochs", "batch_size", "learning_rate", "channels",
+                                                       "nnunet_iterations"})
     blob = json.dumps({"train": train.manifest_sha256(), "holdout": holdout.manifest_sha256(),
                        "pick": np.asarray(pick).tolist(), "test": np.asarray(test_idx).tolist(),
                        "classes": n_classes, "params": relevant, "seed": seed,
