@@ -19,7 +19,7 @@ def test_default_policy_loads(registry):
     p = load_policy(REPO / "policies" / "default.yaml", registry)
     spec = p.model.spec
     assert spec.mode == "enforce"
-    assert [c.validator for c in spec.checks] == ["memorization", "quality"]
+    assert [c.validator for c in spec.checks] == ["memorization", "quality", "segmentation"]
     assert spec.checks[0].params.extractor == "efficientnet-lite0"
     assert len(p.sha256) == 64
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gate.errors import InputError
 from gate.imageset import ImageSet
-from gate.validators import CheckContext, CheckOutput, MetricDef
+from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
 from gate_plugins.segmentation import metrics as M
 
 _SCALARS = {
@@ -49,6 +49,7 @@ class SegmentationParams(BaseModel):
     learning_rate: float = Field(1e-3, gt=0, le=1)
     channels: tuple[int, ...] = Field((16, 32, 64, 128), min_length=2, max_length=6,
                                       description="UNet features per level (MONAI back end)")
+    class_names: dict[int, str] = Field({}, description="names of the label classes in the report (e.g. 1: CSF)")
     nnunet_iterations: int = Field(25, ge=1, le=250, description="nnU-Net: training iterations per epoch "
                                                                   "(nnU-Net's own default is 250)")
     baseline: bool = Field(True, description="train the real-only baseline (needs labelled train images)")
@@ -77,7 +78,7 @@ class SegmentationValidator:
         test_idx = np.sort(rng.choice(len(holdout), size=min(len(holdout), params.max_test_slices), replace=False))
         test_images, test_labels = holdout.images[test_idx], holdout.labels[test_idx]
         backend = _backend(params)
-        names = [f"class{c}" for c in class_ids[1:]]
+        names = [params.class_names.get(c, f"class{c}") for c in class_ids[1:]]
 
         synthetic = backend.fit_score(cand.images, cand.labels, test_images, test_labels, n_classes, params,
                                       context.seed, deadline, context.progress("segmentation: train on candidate",
@@ -130,7 +131,11 @@ class SegmentationValidator:
             .to_dict("records"),
             "seconds": round(params.time_budget_s - (deadline - time.monotonic()), 1),
         }
-        return CheckOutput(table=table, scalars={k: float(scalars.get(k, np.nan)) for k in _SCALARS},
+        figures = [Figure("Dice per class on real holdout", _dice_figure(synthetic, baseline, names),
+                          "Mean Dice per class of the segmenter trained on the candidate's images and labels and of "
+                          "the real-only baseline (same slices count, epochs and seed), with 95 % bootstrap "
+                          "intervals over the holdout cases.")]
+        return CheckOutput(table=table, figures=figures, scalars={k: float(scalars.get(k, np.nan)) for k in _SCALARS},
                            diagnostics=diagnostics,
                            provenance={"backend": params.backend, **backend.versions()})
 
@@ -190,3 +195,27 @@ def _backend(params: SegmentationParams):
     from gate_plugins.segmentation.monai_backend import MonaiBackend
 
     return MonaiBackend()
+
+
+def _dice_figure(synthetic, baseline, names) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gate_plugins.memorization.figures import _png
+
+    rng = np.random.default_rng(0)
+    series = [("candidate", synthetic)] + ([("real-only baseline", baseline)] if baseline is not None else [])
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3))
+    width = 0.8 / len(series)
+    for j, (label, res) in enumerate(series):
+        means = res["dice"].mean(0)
+        ci = np.array([M.bootstrap_interval(res["dice"][:, k], rng, 500) for k in range(len(names))])
+        x = np.arange(len(names)) + j * width
+        ax.bar(x, means, width, label=label, yerr=[means - ci[:, 0], ci[:, 1] - means], capsize=3)
+    ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice")
+    ax.legend(fontsize=7)
+    return _png(fig)
