@@ -19,7 +19,14 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """FID-style distance between Gaussian fits of two feature sets."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(ca @ cb, disp=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        # with fewer samples than feature dimensions the covariances are singular, as in every FID on
+        # small sets; sqrtm still returns the square root of the product's non-null part
+        warnings.filterwarnings("ignore", category=linalg.LinAlgWarning)
+        warnings.filterwarnings("ignore", category=RuntimeWarning, message="invalid value encountered")
+        covmean, _ = linalg.sqrtm(ca @ cb, disp=False)
     covmean = np.real(covmean)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean))
 
