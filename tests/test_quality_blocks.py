@@ -110,3 +110,22 @@ def test_mri_niqe_fits_on_real_slices_and_grows_with_noise_and_blur(mri):
         assert stats.spearmanr(range(5), means).statistic >= 0.9, (name, means)
     with pytest.raises(ValueError, match="foreground patches"):
         fit_niqe(np.zeros((2, 64, 64)))
+
+
+def test_label_maps_replace_the_tissue_estimate_when_the_policy_names_the_classes(mri_labelled, tmp_path):
+    from gate.imageset import ImageSet
+    from gate.validators import CheckContext
+    from gate_plugins.quality.validator import QualityParams, QualityValidator
+
+    tr_i, tr_l, te_i, te_l = mri_labelled
+    train = ImageSet("train", tuple(f"t{i}" for i in range(len(tr_i))), tr_i, labels=tr_l.astype(np.int64))
+    cand = ImageSet("cand", tuple(f"c{i}" for i in range(len(te_i))), te_i, labels=te_l.astype(np.int64))
+    ctx = CheckContext(candidate=cand, train=train, holdout=None, seed=0, batch_size=8, cache_dir=tmp_path)
+    estimated = QualityValidator().run(ctx, QualityParams(self_test=False)).table
+    labelled = QualityValidator().run(ctx, QualityParams(self_test=False,
+                                                         tissue_classes={"csf": 1, "gm": 2, "wm": 3})).table
+    expected = iqms.all_iqms(te_i[3], te_l[3])
+    assert labelled["cnr"][3] == pytest.approx(expected["cnr"]) and labelled["cjv"][3] == pytest.approx(expected["cjv"])
+    assert not np.allclose(labelled["cjv"], estimated["cjv"])
+    with pytest.raises(ValueError, match="csf, gm and wm"):
+        QualityParams(tissue_classes={"csf": 1, "gm": 2})

@@ -49,6 +49,9 @@ class QualityParams(BaseModel):
     sensitivity_threshold: float = Field(0.8, gt=0, le=1, description="|Spearman rho| below which a metric "
                                                                         "is insensitive to a perturbation")
     cache: bool = Field(True, description="reuse the memorization check's cached train features")
+    tissue_classes: dict[Literal["csf", "gm", "wm"], int] | None = Field(
+        None, description="label indices of CSF, GM and WM: when given, labelled sets use their label maps "
+                          "as tissue masks instead of the intensity-based estimate")
     pyiqa: tuple[PyiqaMetric, ...] = Field((), description="pyiqa metrics to add (optional extra gate-mri[pyiqa]; "
                                                             "PolyForm-Noncommercial licence)")
     pyiqa_weights: dict[PyiqaMetric, Path] = Field({}, description="local weights file per pyiqa metric (niqe: "
@@ -56,6 +59,8 @@ class QualityParams(BaseModel):
 
     @model_validator(mode="after")
     def _weights_for_each_metric(self) -> "QualityParams":
+        if self.tissue_classes is not None and set(self.tissue_classes) != {"csf", "gm", "wm"}:
+            raise ValueError("tissue_classes must name csf, gm and wm")
         problems = missing_weights(self.pyiqa, self.pyiqa_weights)
         if problems:
             raise ValueError(problems[0])
@@ -109,10 +114,19 @@ class QualityValidator:
         scorer = PyiqaScorer(params.pyiqa, params.pyiqa_weights, context.batch_size, params.niqe_block) \
             if params.pyiqa else None
 
-        def per_sample(images: np.ndarray) -> pd.DataFrame:
+        tissue = params.tissue_classes
+
+        def as_tissues(labels: np.ndarray | None, i: int) -> np.ndarray | None:
+            """The i-th label map recoded to 1 CSF, 2 GM, 3 WM, when the policy names those classes."""
+            if tissue is None or labels is None:
+                return None
+            lab = labels[i]
+            return np.select([lab == tissue["csf"], lab == tissue["gm"], lab == tissue["wm"]], [1, 2, 3], 0)
+
+        def per_sample(images: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
             rows = []
-            for img in images:
-                row = iqms.all_iqms(img)
+            for i, img in enumerate(images):
+                row = iqms.all_iqms(img, as_tissues(labels, i))
                 row["niqe"] = niqe_score(img, niqe_model)
                 rows.append(row)
             frame = pd.DataFrame(rows, columns=list(IQMS) + ["niqe"])
@@ -122,14 +136,15 @@ class QualityValidator:
             return frame
 
         tick = context.progress("quality: measures", len(cand))
-        table = per_sample(cand.images)
+        table = per_sample(cand.images, cand.labels)
         tick(len(cand))
         table.insert(0, "sample_id", list(cand.ids))
         table.insert(len(IQMS) + 2, "degenerate", [int(iqms.is_degenerate(im)) for im in cand.images])
 
         real_idx = np.sort(rng.choice(len(real), size=min(len(real), MAX_REAL_SLICES), replace=False))
-        real_table = per_sample(real.images[real_idx])
-        train_table = per_sample(train.images[fit_idx]) if real is not train else real_table
+        pick = lambda s, idx: s.labels[idx] if s.labels is not None else None  # noqa: E731
+        real_table = per_sample(real.images[real_idx], pick(real, real_idx))
+        train_table = per_sample(train.images[fit_idx], pick(train, fit_idx)) if real is not train else real_table
         per_sample_metrics = list(IQMS) + ["niqe"] + (scorer.columns if scorer else [])
         versus_real = compare(table, real_table, per_sample_metrics, context.seed)
 
