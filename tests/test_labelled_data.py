@@ -199,3 +199,22 @@ def test_segmentation_on_labelled_samples_reports_intervals_and_caches_the_basel
     assert good["metrics"]["dice_drop"] < m["dice_drop"]
     assert not good["diagnostics"]["baseline_cache_hit"] and bad["diagnostics"]["baseline_cache_hit"]
     assert set(good["diagnostics"]["dice_per_class"]) == {"class1", "class2", "class3"}
+
+
+def test_real_plus_synthetic_reports_the_gain_over_the_baseline(mri_labelled, tmp_path):
+    from gate_plugins.segmentation.validator import SegmentationParams, SegmentationValidator
+    from gate.validators import CheckContext
+
+    tr_i, tr_l, te_i, te_l = mri_labelled
+    train = ImageSet("train", tuple(f"t{i}" for i in range(len(tr_i))), tr_i, labels=tr_l.astype(np.int64))
+    hold = ImageSet("holdout", tuple(f"h{i}" for i in range(len(te_i))), te_i, labels=te_l.astype(np.int64))
+    cand = ImageSet("candidate", train.ids[1::2], tr_i[1::2], labels=train.labels[1::2])
+    ctx = CheckContext(candidate=cand, train=train, holdout=hold, seed=0, batch_size=8, cache_dir=tmp_path)
+    params = SegmentationParams(epochs=4, channels=(8, 16), bootstrap=200, real_plus_synthetic=True,
+                                class_names={1: "CSF", 2: "GM", 3: "WM"})
+    out = SegmentationValidator().run(ctx, params)
+    s = out.scalars
+    assert 0 < s["mixed_dice_mean"] <= 1
+    assert s["mixed_dice_gain"] == pytest.approx(s["mixed_dice_mean"] - s["baseline_dice_mean"])
+    assert set(out.diagnostics["dice_per_class"]) == {"CSF", "GM", "WM"}
+    assert out.figures and out.figures[0].png.startswith(b"\x89PNG")
