@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 import typer
 from rich.console import Console
 
-from gate.errors import GateError
+from gate.errors import GateError, InputError
 
 COMMANDS_GROUP = "gate.commands"
 DEFAULT_POLICY = Path("policies/default.yaml")
@@ -77,6 +77,8 @@ OutOpt = typer.Option(Path("gate-report"), "--out", "-o", help="folder for the r
 TrainOpt = typer.Option(None, "--train", help="override the policy's data.train folder")
 HoldoutOpt = typer.Option(None, "--holdout", help="override the policy's data.holdout folder")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars (for CI)")
+SigningKeyOpt = typer.Option(None, "--signing-key", envvar="GATE_SIGNING_KEY",
+                             help="Ed25519 private key (gate keygen): sign the result as an attestation")
 
 
 def _run(req, quiet: bool) -> None:
@@ -100,22 +102,81 @@ def _run(req, quiet: bool) -> None:
 @app.command()
 def validate(policy: Path = PolicyOpt, model: Optional[str] = ModelOpt, samples: Optional[Path] = SamplesOpt,
              tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt, train: Optional[Path] = TrainOpt,
-             holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt) -> None:
+             holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt,
+             signing_key: Optional[Path] = SigningKeyOpt) -> None:
     """Validate a candidate against a policy and write the reports."""
     from gate.workflow import Request
 
-    _run(Request(policy, out_dir, model, samples, tracking_uri, train, holdout), quiet)
+    _run(Request(policy, out_dir, model, samples, tracking_uri, train, holdout, signing_key=signing_key), quiet)
 
 
 @app.command()
 def promote(model: str = typer.Option(..., "--model", help="models:/NAME/VERSION or models:/NAME@ALIAS"),
             alias: str = typer.Option("champion", "--alias", help="alias to set on a pass"),
             policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt,
-            train: Optional[Path] = TrainOpt, holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt) -> None:
+            train: Optional[Path] = TrainOpt, holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt,
+            signing_key: Optional[Path] = SigningKeyOpt) -> None:
     """Validate, then set the alias only on a pass (never otherwise)."""
     from gate.workflow import Request
 
-    _run(Request(policy, out_dir, model, None, tracking_uri, train, holdout, promote_alias=alias), quiet)
+    _run(Request(policy, out_dir, model, None, tracking_uri, train, holdout, promote_alias=alias,
+                 signing_key=signing_key), quiet)
+
+
+@app.command()
+def keygen(out_dir: Path = typer.Option(Path(".gate/keys"), "--out", "-o", help="folder for the key pair")) -> None:
+    """Make an Ed25519 key pair: gate-signing.key (private, mode 600) and gate-signing.pub."""
+    from gate.attestation import generate_keypair
+
+    private, public = generate_keypair()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key, pub = out_dir / "gate-signing.key", out_dir / "gate-signing.pub"
+    if key.exists():
+        fail(InputError(f"{key}: exists; refusing to overwrite a signing key"))
+    key.touch(mode=0o600)
+    key.write_bytes(private)
+    pub.write_bytes(public)
+    out.print(f"wrote {key} (keep it secret) and {pub}", highlight=False)
+
+
+@app.command()
+def verify(target: str = typer.Argument(..., help="models:/NAME/VERSION (or @ALIAS), or a report folder"),
+           public_key: Path = typer.Option(..., "--public-key", help="the signer's Ed25519 public key"),
+           tracking_uri: Optional[str] = TrackingOpt,
+           model: Optional[str] = typer.Option(None, "--model", help="with a report folder: the version it must "
+                                                                     "be about"),
+           max_age_days: Optional[float] = typer.Option(None, "--max-age-days", help="refuse older attestations")) -> None:
+    """Check a signed attestation: signature, version, artifacts unchanged, report digest, age.
+    Exit 0 when valid, 1 with the reason when not."""
+    import datetime as dt
+
+    from gate.attest import verify_model_version, verify_report_folder
+    from gate.attestation import AttestationError
+    from gate.registry import check_reachable, resolve_model, resolve_tracking_uri
+
+    max_age = dt.timedelta(days=max_age_days) if max_age_days is not None else None
+    try:
+        if target.startswith("models:/"):
+            uri = resolve_tracking_uri(tracking_uri)
+            check_reachable(uri)
+            statement = verify_model_version(resolve_model(target, uri), uri, public_key, max_age)
+        else:
+            folder = Path(target)
+            if not folder.is_dir():
+                raise InputError(f"{folder}: not a report folder (or give models:/NAME/VERSION)")
+            subject = None
+            if model:
+                uri = resolve_tracking_uri(tracking_uri)
+                subject = resolve_model(model, uri).version_uri
+            statement = verify_report_folder(folder, public_key, subject, max_age)
+    except GateError as exc:
+        fail(exc)
+    except AttestationError as exc:
+        err.print(f"gate: refused: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    p = statement["predicate"]
+    out.print(f"valid: {statement['subject'][0]['name']} verdict {p['verdict']}, issued {p['issued_at']}, "
+              f"policy {p['policy_name']}@sha256:{p['policy_sha256'][:12]}", highlight=False, soft_wrap=True)
 
 
 @app.command()

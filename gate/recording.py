@@ -23,7 +23,10 @@ def start_validation_run(ref: ModelRef, tracking_uri: str, policy_name: str) -> 
 
 
 def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report: Report, report_sha256: str,
-                          out_dir: Path) -> None:
+                          out_dir: Path, attestation: str | None = None) -> None:
+    """Log the run and tag the version. ``attestation`` (a compact DSSE envelope) becomes the version's
+    ``gate.attestation`` tag; without one, an older attestation is removed, so that the tag always
+    speaks of the latest validation."""
     from mlflow.entities import Metric, RunTag
 
     client = client_for(tracking_uri)
@@ -40,6 +43,10 @@ def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report:
     for key, value in (("gate.verdict", report.verdict), ("gate.report_sha256", report_sha256),
                        ("gate.run_id", run_id), ("gate.policy", policy)):
         client.set_model_version_tag(ref.name, ref.version, key, value)
+    if attestation is not None:
+        client.set_model_version_tag(ref.name, ref.version, "gate.attestation", attestation)
+    elif "gate.attestation" in (client.get_model_version(ref.name, ref.version).tags or {}):
+        client.delete_model_version_tag(ref.name, ref.version, "gate.attestation")
 
 
 def abandon_validation_run(ref: ModelRef, tracking_uri: str, run_id: str) -> None:

@@ -30,6 +30,7 @@ class Request:
     train: Path | None = None
     holdout: Path | None = None
     promote_alias: str | None = None
+    signing_key: Path | None = None  # Ed25519 private key: sign the result as an attestation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,20 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         raise
     promoted = False
     if ref:
+        envelope = None
+        if req.signing_key:
+            from gate.attestation import AttestationError
+            from gate.attest import attest_validation
+
+            try:
+                envelope = attest_validation(ref, tracking_uri, outcome.report, sha, run_id, Path(req.out),
+                                             req.signing_key)
+            except AttestationError as exc:
+                recording.abandon_validation_run(ref, tracking_uri, run_id)
+                raise InputError(f"--signing-key: {exc}") from None
         try:
-            recording.finish_validation_run(ref, tracking_uri, run_id, outcome.report, sha, Path(req.out))
+            recording.finish_validation_run(ref, tracking_uri, run_id, outcome.report, sha, Path(req.out),
+                                            attestation=envelope)
             if req.promote_alias and outcome.report.verdict == "pass":
                 recording.promote(ref, tracking_uri, req.promote_alias)
                 promoted = True
