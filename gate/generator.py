@@ -96,7 +96,7 @@ def log_generator(
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     mode = generator_mode(generator)
     if mode == "conditional":
         inputs = Schema([TensorSpec(np.dtype(np.int64), (-1, *example_shape), "labels"),
@@ -108,8 +108,9 @@ def log_generator(
     tags = {**(tags or {}), "gate.generator_mode": mode}
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # log_model has no client argument
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # log_model and register_model have no client argument
+    mlflow.set_registry_uri(tracking_uri)
     try:
         with mlflow.start_run(experiment_id=exp_id, run_name=f"log-{registered_model_name}") as run, \
                 warnings.catch_warnings():
@@ -121,7 +122,8 @@ def log_generator(
             )
         mv = mlflow.register_model(info.model_uri, registered_model_name, tags=tags)
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     return client.get_model_version(registered_model_name, mv.version), run.info.run_id
 
 

@@ -107,6 +107,7 @@ def test_conditional_and_paired_generators_through_the_registry(tmp_path, mri_la
         assert client.get_model_version(name, mv.version).tags["gate.generator_mode"] == \
             ("conditional" if name in ("echo", "half") else "paired")
         mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
         loaded[name] = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}")
     maps = mri_labelled[1][:5].astype(np.int64)
     s = sample_generator(loaded["echo"], 5, 0, 2, mode="conditional", condition_labels=maps)

@@ -3,13 +3,7 @@ promoted, a copying one is refused, and bad references fail with one line and ex
 
 import hashlib
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -17,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_policy
+from conftest import free_port, mlflow_server, write_policy
 from gate.cli import app
 from gate.generator import ImageGenerator, log_generator
 from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
@@ -31,42 +25,10 @@ class WrongShapeGenerator(ImageGenerator):
         return np.zeros((n, 3, 128, 128), np.float32)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        env=env, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
-        time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +112,7 @@ def test_missing_version_is_one_line(server, versions, policy, tmp_path, monkeyp
 
 def test_unreachable_server_is_one_line(policy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     line = _one_error_line(gate("validate", "--model", f"models:/{NAME}/1", "--tracking-uri", uri,
                                 "--policy", policy, "--out", tmp_path / "o", "--quiet"))
     assert uri in line and "unreachable" in line
