@@ -40,6 +40,9 @@ def attest_validation(ref: ModelRef, tracking_uri: str, report: Report, report_s
     tmp = out_dir / f".{ENVELOPE_FILE}.tmp"
     tmp.write_text(compact + "\n", encoding="utf-8")
     tmp.replace(out_dir / ENVELOPE_FILE)
+    from gate.render.pdf import write_pdf
+
+    write_pdf(report, out_dir, compact)  # the compliance PDF gains its signature section
     return compact
 
 

@@ -145,7 +145,9 @@ def verify(target: str = typer.Argument(..., help="models:/NAME/VERSION (or @ALI
            tracking_uri: Optional[str] = TrackingOpt,
            model: Optional[str] = typer.Option(None, "--model", help="with a report folder: the version it must "
                                                                      "be about"),
-           max_age_days: Optional[float] = typer.Option(None, "--max-age-days", help="refuse older attestations")) -> None:
+           max_age_days: Optional[float] = typer.Option(None, "--max-age-days", help="refuse older attestations"),
+           policy: Optional[Path] = typer.Option(None, "--policy", help="take the maximum age from the policy's "
+                                                                       "spec.attestation.max_age_days")) -> None:
     """Check a signed attestation: signature, version, artifacts unchanged, report digest, age.
     Exit 0 when valid, 1 with the reason when not."""
     import datetime as dt
@@ -154,8 +156,13 @@ def verify(target: str = typer.Argument(..., help="models:/NAME/VERSION (or @ALI
     from gate.attestation import AttestationError
     from gate.registry import check_reachable, resolve_model, resolve_tracking_uri
 
-    max_age = dt.timedelta(days=max_age_days) if max_age_days is not None else None
     try:
+        if policy is not None and max_age_days is None:
+            from gate.policy import load_policy
+            from gate.validators import discover
+
+            max_age_days = load_policy(policy, discover()).model.spec.attestation.max_age_days
+        max_age = dt.timedelta(days=max_age_days) if max_age_days is not None else None
         if target.startswith("models:/"):
             uri = resolve_tracking_uri(tracking_uri)
             check_reachable(uri)

@@ -79,10 +79,16 @@ class RuleBase(Strict):
         return " and ".join(f"{sym[k]} {v:g}" for k, v in self.bounds().items())
 
 
+class AttestationSpec(Strict):
+    max_age_days: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                       description="gate verify --policy refuses attestations older than this")
+
+
 class SpecBase(Strict):
     mode: Literal["enforce", "audit"] = Field("enforce", description="audit records everything, never blocks")
     candidate: CandidateSpec = CandidateSpec()
     data: DataSpec
+    attestation: AttestationSpec = AttestationSpec()
 
 
 class PolicyBase(Strict):

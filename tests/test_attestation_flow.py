@@ -39,6 +39,17 @@ def test_signed_validation_verifies_and_every_tampering_is_refused(tmp_path, mri
                               "--out", str(tmp_path / "out"), "--quiet", "--signing-key", str(key)])
     assert res.exit_code == 0, res.output
     envelope = json.loads((tmp_path / "out" / "attestation.dsse.json").read_text())
+    # the compliance PDF, read back as text: what, against which policy, by what, results, signature
+    from pypdf import PdfReader
+
+    text = "\n".join(page.extract_text() for page in PdfReader(tmp_path / "out" / "report.pdf").pages)
+    text = " ".join(text.split())
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    for needle in ("gate compliance report: PASS", "model name gen", "model version 1",
+                   report["provenance"]["policy_sha256"], "name: test-policy", "extractor_weights_sha256",
+                   "Waivers", "in-toto Statement v1 in a DSSE envelope", envelope["signatures"][0]["keyid"][:32],
+                   "gate verify models:/gen/1 --public-key"):
+        assert needle in text, needle
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -51,6 +62,10 @@ def test_signed_validation_verifies_and_every_tampering_is_refused(tmp_path, mri
     code, output = verify("models:/gen/1", "--public-key", pub, "--tracking-uri", uri)
     assert code == 0 and "valid: models:/gen/1 verdict pass" in output
     assert verify(tmp_path / "out", "--public-key", pub)[0] == 0
+    aged = tmp_path / "aged.yaml"
+    aged.write_text(policy.read_text().replace("spec:\n", "spec:\n  attestation: {max_age_days: 0.000001}\n", 1))
+    code, output = verify(tmp_path / "out", "--public-key", pub, "--policy", aged)
+    assert code == 1 and "expired" in output, output
     for args, reason in (
         (("models:/gen/1", "--public-key", other, "--tracking-uri", uri), "wrong key"),
         (("models:/gen/1", "--public-key", pub, "--tracking-uri", uri, "--max-age-days", "0"), "expired"),

@@ -51,6 +51,11 @@ def test_copies_are_blocked_and_every_report_is_written(tmp_path, mri, policy, m
     assert "FAIL" in html and "data:image/png;base64," in html
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
     assert "❌" in (out / "summary.md").read_text()
+    from pypdf import PdfReader
+
+    pdf = " ".join(" ".join(pg.extract_text() for pg in PdfReader(out / "report.pdf").pages).split())
+    assert "gate compliance report: FAIL" in pdf and prov["policy_sha256"] in pdf and "Not signed" in pdf
+    assert "memorization.fraction_flagged" in pdf and "FAILED" in pdf
     gx = json.loads((out / "gx_validation.json").read_text())
     assert gx["suites"]["memorization.samples"]["success"] is False
     assert not list(out.glob(".staging-*"))

@@ -14,6 +14,7 @@ from gate.engine import Outcome
 from gate.render.html import render_html
 from gate.render.junit import render_junit
 from gate.render.markdown import render_summary
+from gate.render.pdf import render_pdf
 
 
 def write_reports(outcome: Outcome, out_dir: Path) -> str:
@@ -31,6 +32,7 @@ def write_reports(outcome: Outcome, out_dir: Path) -> str:
         (stage / "report.html").write_text(render_html(report, outcome.figures), encoding="utf-8")
         (stage / "junit.xml").write_text(render_junit(report), encoding="utf-8")
         (stage / "summary.md").write_text(render_summary(report), encoding="utf-8")
+        (stage / "report.pdf").write_bytes(render_pdf(report))
         body = report.model_dump_json(indent=2).encode()
         (stage / "report.json").write_bytes(body)
         (out_dir / "samples").mkdir(exist_ok=True)
