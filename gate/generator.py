@@ -108,10 +108,9 @@ def log_generator(
     tags = {**(tags or {}), "gate.generator_mode": mode}
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # log_model and register_model have no client argument
-    mlflow.set_registry_uri(tracking_uri)
-    try:
+    from gate.registry import scoped_mlflow_uri
+
+    with scoped_mlflow_uri(tracking_uri):  # log_model and register_model have no client argument
         with mlflow.start_run(experiment_id=exp_id, run_name=f"log-{registered_model_name}") as run, \
                 warnings.catch_warnings():
             # the signature already states the contract; an input example would run the generator at log time
@@ -121,9 +120,6 @@ def log_generator(
                 pip_requirements=pip_requirements or ["numpy", "pandas"],
             )
         mv = mlflow.register_model(info.model_uri, registered_model_name, tags=tags)
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
     return client.get_model_version(registered_model_name, mv.version), run.info.run_id
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 from gate.errors import InputError
 
@@ -67,19 +69,39 @@ def resolve_model(uri: str, tracking_uri: str) -> ModelRef:
                     generator_mode=(mv.tags or {}).get("gate.generator_mode"))
 
 
+@contextlib.contextmanager
+def scoped_mlflow_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for the calls that take
+    no client (``pyfunc.load_model``, ``log_model``, ``register_model``), then restore exactly what was
+    there, environment included: ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``, which
+    would otherwise leak into every later subprocess."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils  # private: mlflow is pinned <4
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri,
+             {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def load_generator(ref: ModelRef, tracking_uri: str):
     import mlflow
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # pyfunc.load_model resolves models:/ through the global URI
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        return mlflow.pyfunc.load_model(ref.version_uri)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{ref.uri}: cannot load the generator: {type(exc).__name__}: {exc}") from None
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    with scoped_mlflow_uri(tracking_uri):  # pyfunc.load_model resolves models:/ through the global URI
+        try:
+            return mlflow.pyfunc.load_model(ref.version_uri)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{ref.uri}: cannot load the generator: {type(exc).__name__}: {exc}") from None
 
 
 def _mlflow_reason(exc: Exception, tracking_uri: str) -> str:

@@ -1,6 +1,7 @@
 """The README's main job (``gate demo``) and the benchmark command, run as a user would."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ GATE = str(Path(sys.executable).with_name("gate"))
 
 
 def test_demo_promotes_honest_generators_and_refuses_the_copier_and_the_broken_anatomy(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"}
     res = subprocess.run([GATE, "demo", "--quiet", "--policy", str(REPO / "policies" / "default.yaml")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "refused" in res.stdout and "promoted" in res.stdout
     uri = f"sqlite:///{tmp_path / '.gate' / 'mlflow.db'}"

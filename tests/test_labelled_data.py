@@ -106,9 +106,9 @@ def test_conditional_and_paired_generators_through_the_registry(tmp_path, mri_la
         mv, _ = log_generator(gen, name, tracking_uri=uri)
         assert client.get_model_version(name, mv.version).tags["gate.generator_mode"] == \
             ("conditional" if name in ("echo", "half") else "paired")
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        loaded[name] = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}")
+        from gate.registry import ModelRef, load_generator
+
+        loaded[name] = load_generator(ModelRef(name, str(mv.version), "", None, f"models:/{name}/{mv.version}"), uri)
     maps = mri_labelled[1][:5].astype(np.int64)
     s = sample_generator(loaded["echo"], 5, 0, 2, mode="conditional", condition_labels=maps)
     assert np.array_equal(s.labels, maps) and np.allclose(s.images, maps / 3.0)
@@ -219,3 +219,20 @@ def test_real_plus_synthetic_reports_the_gain_over_the_baseline(mri_labelled, tm
     assert s["mixed_dice_gain"] == pytest.approx(s["mixed_dice_mean"] - s["baseline_dice_mean"])
     assert set(out.diagnostics["dice_per_class"]) == {"CSF", "GM", "WM"}
     assert out.figures and out.figures[0].png.startswith(b"\x89PNG")
+
+
+def test_registry_calls_leave_no_mlflow_uri_behind(tmp_path, monkeypatch):
+    """log_generator and load_generator must not export MLFLOW_TRACKING_URI: a later subprocess (gate
+    demo, an mlflow server) would silently use that store instead of its own."""
+    import os
+
+    from gate.registry import ModelRef, load_generator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    uri = f"sqlite:///{tmp_path / 'leak.db'}"
+    mv, _ = log_generator(Pairs(), "leak", tracking_uri=uri)
+    load_generator(ModelRef("leak", str(mv.version), "", None, "models:/leak/1"), uri)
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
