@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from gate.errors import InputError
-from gate.imageio import check_image
+from gate.imageio import check_image, is_label_map
 from gate.imageset import ImageSet
 
 #: how far outside [0, 1] an output may stray (float rounding) before it is refused
@@ -165,10 +165,9 @@ def split_paired_output(out: Any, n: int, label: str) -> tuple[np.ndarray, np.nd
     if arr.ndim != 4 or arr.shape[1] != 2:
         raise InputError(f"{label}: a paired generator returns [n, 2, H, W] (image, label map), got {arr.shape}")
     images = check_generator_output(arr[:, 0], n, label)
-    labels = arr[:, 1]
-    if not np.isfinite(labels).all() or (labels != np.round(labels)).any() or (labels < 0).any():
+    if not is_label_map(arr[:, 1]):
         raise InputError(f"{label}: channel 1 must hold label maps of non-negative integers")
-    return images, labels.astype(np.int64)
+    return images, arr[:, 1].astype(np.int64)
 
 
 def check_generator_output(out: Any, n: int, label: str) -> np.ndarray:

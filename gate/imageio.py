@@ -121,7 +121,7 @@ def _with_labels(images: ImageSet, folder: Path, name: str) -> ImageSet:
         slices = [arr[..., z] for z in range(arr.shape[-1])] if arr.ndim == 3 else [arr]
         for z, lab in enumerate(slices):
             label = f"{path}#{z}" if arr.ndim == 3 else str(path)
-            if not np.isfinite(lab).all() or (lab != np.round(lab)).any() or (lab < 0).any():
+            if not is_label_map(lab):
                 raise InputError(f"{label}: a label map must hold non-negative integers (class indices)")
             maps.append(lab.astype(np.int64))
         manifest.append(ManifestEntry(str(path), sha256_file(path)))
@@ -131,6 +131,11 @@ def _with_labels(images: ImageSet, folder: Path, name: str) -> ImageSet:
                          f"{maps[odd].shape if maps else ()} but the images are {images.shape}")
     return ImageSet(name=name, ids=images.ids, images=images.images, manifest=tuple(manifest),
                     labels=np.stack(maps).astype(np.int64))
+
+
+def is_label_map(arr: np.ndarray) -> bool:
+    """Whether ``arr`` holds only non-negative integers (class indices), whatever its dtype."""
+    return bool(np.isfinite(arr).all() and (arr == np.round(arr)).all() and (arr >= 0).all())
 
 
 def check_image(img: np.ndarray, label: str) -> None:

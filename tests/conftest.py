@@ -82,6 +82,23 @@ spec:
     return path
 
 
+def write_check_policy(path: Path, train: Path, holdout: Path, validator: str, *, params: str = "{}",
+                       rules: str = "[]") -> Path:
+    """A policy with one check (id = validator name); ``params`` and ``rules`` are YAML flow text."""
+    path.write_text(f"""apiVersion: gate/v1
+kind: ValidationPolicy
+metadata: {{name: {validator}-test, owner: tests}}
+spec:
+  data: {{train: {train}, holdout: {holdout}}}
+  checks:
+    - id: {validator}
+      validator: {validator}
+      params: {params}
+      rules: {rules}
+""")
+    return path
+
+
 @pytest.fixture(scope="session")
 def mri_labelled():
     """Labelled slices of distinct synthetic subjects: train (3 x 12) and test (2 x 8)."""

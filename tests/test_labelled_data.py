@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_check_policy
 from gate.cli import app
 from gate.errors import InputError
 from gate.generator import ConditionalImageGenerator, PairedImageGenerator, log_generator, sample_generator
@@ -138,18 +139,8 @@ def test_conditioning_label_maps_come_from_train_and_are_deformed(mri_labelled):
 
 
 def _seg_policy(path, root, params="{epochs: 2, channels: [8, 16], bootstrap: 200}"):
-    path.write_text(f"""apiVersion: gate/v1
-kind: ValidationPolicy
-metadata: {{name: seg, owner: tests}}
-spec:
-  data: {{train: {root / 'train'}, holdout: {root / 'holdout'}}}
-  checks:
-    - id: segmentation
-      validator: segmentation
-      params: {params}
-      rules: [{{metric: dice_drop_upper, lte: 0.05}}]
-""")
-    return path
+    return write_check_policy(path, root / "train", root / "holdout", "segmentation", params=params,
+                              rules="[{metric: dice_drop_upper, lte: 0.05}]")
 
 
 @pytest.mark.parametrize("case, message", [

@@ -3,8 +3,6 @@ promoted, a copying one is refused, and bad references fail with one line and ex
 
 import hashlib
 import json
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np

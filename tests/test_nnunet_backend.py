@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_check_policy
 from gate.cli import app
 from gate_plugins.mri.demo_data import write_slices
 
@@ -21,18 +22,9 @@ def test_nnunet_backend_trains_tests_and_reports(mri_labelled, tmp_path, monkeyp
     write_slices(tmp_path / "train", tr_i, [f"t{i}" for i in range(len(tr_i))], tr_l)
     write_slices(tmp_path / "holdout", te_i, [f"h{i}" for i in range(len(te_i))], te_l)
     write_slices(tmp_path / "cand", tr_i[1::2], [f"c{i}" for i in range(len(tr_i[1::2]))], tr_l[1::2])
-    policy = tmp_path / "p.yaml"
-    policy.write_text(f"""apiVersion: gate/v1
-kind: ValidationPolicy
-metadata: {{name: nnunet, owner: tests}}
-spec:
-  data: {{train: {tmp_path / 'train'}, holdout: {tmp_path / 'holdout'}}}
-  checks:
-    - id: segmentation
-      validator: segmentation
-      params: {{backend: nnunet, epochs: 2, nnunet_iterations: 10, bootstrap: 200}}
-      rules: [{{metric: dice_mean, gt: 0.0}}]
-""")
+    policy = write_check_policy(tmp_path / "p.yaml", tmp_path / "train", tmp_path / "holdout", "segmentation",
+                                params="{backend: nnunet, epochs: 2, nnunet_iterations: 10, bootstrap: 200}",
+                                rules="[{metric: dice_mean, gt: 0.0}]")
     res = CliRunner().invoke(app, ["validate", "--policy", str(policy), "--samples", str(tmp_path / "cand"),
                                    "--out", str(tmp_path / "out"), "--quiet"])
     check = json.loads((tmp_path / "out" / "report.json").read_text())["checks"][0]

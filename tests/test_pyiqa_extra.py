@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_check_policy
 from gate.cli import app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup would spend ~47 s retrying before failing
@@ -20,19 +21,8 @@ needs_pyiqa = pytest.mark.skipif(not HAS_PYIQA, reason="needs the pyiqa extra: .
 
 
 def _policy(tmp_path, mri, params: str, rules: str = "[]") -> Path:
-    policy = tmp_path / "p.yaml"
-    policy.write_text(f"""apiVersion: gate/v1
-kind: ValidationPolicy
-metadata: {{name: pyiqa, owner: tests}}
-spec:
-  data: {{train: {mri['train']}, holdout: {mri['holdout']}}}
-  checks:
-    - id: quality
-      validator: quality
-      params: {params}
-      rules: {rules}
-""")
-    return policy
+    return write_check_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"], "quality", params=params,
+                              rules=rules)
 
 
 def _run(tmp_path, mri, policy):

@@ -4,26 +4,16 @@ import json
 
 from typer.testing import CliRunner
 
+from conftest import write_check_policy
 from gate.cli import app
 
 
 def test_quality_check_reports_its_sensitivity_and_downgrades_blind_metrics(tmp_path, mri, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    policy = tmp_path / "p.yaml"
-    policy.write_text(f"""apiVersion: gate/v1
-kind: ValidationPolicy
-metadata: {{name: quality, owner: tests}}
-spec:
-  data: {{train: {mri['train']}, holdout: {mri['holdout']}}}
-  checks:
-    - id: quality
-      validator: quality
-      params: {{self_test_slices: 8}}
-      rules:
-        - {{metric: fber_mean, gt: 1000.0}}
-        - {{metric: fber_mean, gt: 1000.0, pin: true, severity: warn}}
-        - {{metric: fid_ratio, lte: 1000.0}}
-""")
+    policy = write_check_policy(
+        tmp_path / "p.yaml", mri["train"], mri["holdout"], "quality", params="{self_test_slices: 8}",
+        rules="[{metric: fber_mean, gt: 1000.0}, {metric: fber_mean, gt: 1000.0, pin: true, severity: warn}, "
+              "{metric: fid_ratio, lte: 1000.0}]")
     res = CliRunner().invoke(app, ["validate", "--policy", str(policy), "--samples", str(mri["novel"]),
                                    "--out", str(tmp_path / "out"), "--quiet"])
     report = json.loads((tmp_path / "out" / "report.json").read_text())

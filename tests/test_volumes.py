@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 from typer.testing import CliRunner
 
+from conftest import write_check_policy
 from gate.cli import app
 from gate_plugins.memorization.volumes import copied_volumes
 from gate_plugins.mri.subjects import axial_slices, make_subject
@@ -42,18 +43,8 @@ def test_a_copied_nifti_volume_is_reported(tmp_path, monkeypatch):
     copy = np.clip(_volume(2) + rng.normal(0, 0.01, (128, 128, 12)), 0, 1).astype(np.float32)
     nib.save(nib.Nifti1Image(copy, np.eye(4)), cand / "gen_a.nii.gz")
     nib.save(nib.Nifti1Image(_volume(301), np.eye(4)), cand / "gen_b.nii.gz")
-    policy = tmp_path / "p.yaml"
-    policy.write_text(f"""apiVersion: gate/v1
-kind: ValidationPolicy
-metadata: {{name: volumes, owner: tests}}
-spec:
-  data: {{train: {tmp_path / 'train'}, holdout: {tmp_path / 'holdout'}}}
-  checks:
-    - id: memorization
-      validator: memorization
-      rules:
-        - {{metric: n_copied_volumes, lte: 0}}
-""")
+    policy = write_check_policy(tmp_path / "p.yaml", tmp_path / "train", tmp_path / "holdout", "memorization",
+                                rules="[{metric: n_copied_volumes, lte: 0}]")
     res = CliRunner().invoke(app, ["validate", "--policy", str(policy), "--samples", str(cand), "--out",
                                    str(tmp_path / "out"), "--quiet"])
     assert res.exit_code == 1, res.output

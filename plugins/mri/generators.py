@@ -73,15 +73,20 @@ class LabelRenderingGenerator(ConditionalImageGenerator):
         return render_from_labels(labels, np.random.default_rng(seed))
 
 
+def render_off_labels(labels: np.ndarray, low_px: float, high_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Render each label map's anatomy shifted by ``low_px``-``high_px`` pixels in each direction (random
+    signs): clean images whose anatomy disagrees with the labels."""
+    from scipy import ndimage as ndi
+
+    moved = [ndi.shift(lab, rng.uniform(low_px, high_px, 2) * rng.choice([-1, 1], 2), order=0, mode="constant")
+             for lab in np.asarray(labels)]
+    return render_from_labels(np.stack(moved), rng)
+
+
 class MisalignedRenderingGenerator(ConditionalImageGenerator):
     """A broken label-conditioned generator: its images are as clean as the good one's (same renderer,
     same anatomy), but the anatomy sits 4-8 px off the label map it was asked for in each direction, so
     images and labels disagree: the failure image-quality metrics cannot see."""
 
     def generate(self, labels: np.ndarray, seed: int) -> np.ndarray:
-        from scipy import ndimage as ndi
-
-        rng = np.random.default_rng(seed)
-        moved = [ndi.shift(lab, rng.uniform(4, 8, 2) * rng.choice([-1, 1], 2), order=0, mode="constant")
-                 for lab in np.asarray(labels)]
-        return render_from_labels(np.stack(moved), rng)
+        return render_off_labels(labels, 4, 8, np.random.default_rng(seed))
