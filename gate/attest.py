@@ -46,13 +46,14 @@ def attest_validation(ref: ModelRef, tracking_uri: str, report: Report, report_s
     return compact
 
 
-def verify_model_version(ref: ModelRef, tracking_uri: str, public_key_path: Path,
+def verify_model_version(ref: ModelRef, tracking_uri: str, public_key,
                          max_age: dt.timedelta | None = None) -> dict:
     """Check the version's ``gate.attestation`` tag: signature, subject, current artifacts, age, and the
-    report logged in the validation run it names."""
+    report logged in the validation run it names. ``public_key``: a key or the path of one."""
     import mlflow
 
-    public_key = A.load_public_key(public_key_path)
+    if isinstance(public_key, (str, Path)):
+        public_key = A.load_public_key(public_key)
     client = client_for(tracking_uri)
     envelope = (client.get_model_version(ref.name, ref.version).tags or {}).get("gate.attestation")
     if not envelope:

@@ -187,6 +187,66 @@ def verify(target: str = typer.Argument(..., help="models:/NAME/VERSION (or @ALI
 
 
 @app.command()
+def serve(policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt,
+          signing_key: Path = typer.Option(..., "--signing-key", envvar="GATE_SIGNING_KEY",
+                                           help="Ed25519 private key: every validation is signed"),
+          secret_file: Optional[Path] = typer.Option(None, "--secret-file", help="file holding the webhook secret "
+                                                     "(else the GATE_WEBHOOK_SECRET environment variable)"),
+          state_dir: Path = typer.Option(Path(".gate/serve"), "--state-dir", help="queue, audit log and reports"),
+          host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8808, "--port"),
+          workers: int = typer.Option(2, "--workers", min=1, max=64, help="validations run at once"),
+          protected: list[str] = typer.Option(["champion"], "--protected-alias",
+                                              help="alias to put back when it lands on an unattested version"),
+          models: list[str] = typer.Option([], "--model-name", help="watch only these registered models"),
+          public_key: Optional[Path] = typer.Option(None, "--public-key", help="key trusted for aliases "
+                                                    "(default: the signing key's public half)"),
+          tolerance_s: float = typer.Option(300, "--tolerance-s", min=1, help="largest accepted clock difference"),
+          job_timeout_s: float = typer.Option(3600, "--job-timeout-s", min=1, help="a validation is killed after"),
+          ) -> None:
+    """Receive MLflow webhooks: validate every new model version, put protected aliases back when they
+    land on unattested versions, log every decision to a hash-chained audit log."""
+    from gate.registry import resolve_tracking_uri
+    from gate.serve.service import ServeOptions, ServiceSettings, run_service
+
+    secret = os.environ.get("GATE_WEBHOOK_SECRET", "")
+    if secret_file is not None:
+        try:
+            secret = secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            fail(InputError(f"{secret_file}: cannot read the webhook secret ({exc.strerror})"))
+    if not secret:
+        fail(InputError("no webhook secret: give --secret-file or set GATE_WEBHOOK_SECRET (the secret given to "
+                        "MLflow's create_webhook); unsigned deliveries are never accepted"))
+    settings = ServiceSettings(secret=secret, protected_aliases=frozenset(protected), model_names=frozenset(models),
+                               tolerance_s=tolerance_s, workers=workers)
+    try:
+        run_service(ServeOptions(policy, resolve_tracking_uri(tracking_uri), signing_key, state_dir, settings,
+                                 public_key, host, port, job_timeout_s),
+                    log=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
+    except GateError as exc:
+        fail(exc)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The webhook service's hash-chained audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(log: Path = typer.Argument(Path(".gate/serve/audit.jsonl"), help="the audit log"),
+                 head: Optional[str] = typer.Option(None, "--head", help="a head hash recorded earlier: the log must "
+                                                    "still contain it (catches lines cut off the end)")) -> None:
+    """Walk the hash chain. Exit 0 when intact, 1 naming the first broken line."""
+    from gate.serve.audit import AuditError, verify_audit_log
+
+    try:
+        result = verify_audit_log(log, head)
+    except AuditError as exc:
+        err.print(f"gate: refused: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"intact: {log}: {result.entries} entries, head {result.head}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of policies (built from the installed validators)."""
     from gate.policy import policy_json_schema

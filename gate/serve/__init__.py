@@ -1,0 +1,1 @@
+"""The webhook service (``gate serve``) and its audit log (``gate audit verify``)."""

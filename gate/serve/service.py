@@ -1,0 +1,284 @@
+"""``gate serve``: an MLflow webhook receiver that validates new model versions on its own and puts
+protected aliases back when they land on unattested versions. Every decision goes to the audit log.
+
+Deliveries are verified, persisted and acknowledged quickly (202); the work runs in a bounded pool of
+worker threads, each driving one ``gate validate`` child process, plus one thread for alias checks (so
+that a queue of long validations never delays putting an alias back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from gate.serve.audit import AuditLog
+from gate.serve.jobstore import Job, JobStore, Replay
+from gate.serve.signature import DeliveryRejected, verify_delivery
+
+WEBHOOK_PATH = "/mlflow/webhook"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings:
+    secret: str = dataclasses.field(repr=False)
+    protected_aliases: frozenset[str] = frozenset({"champion"})
+    model_names: frozenset[str] = frozenset()  # empty: every registered model
+    tolerance_s: float = 300.0
+    workers: int = 2
+    max_attempts: int = 3  # restarts a job may be interrupted by before it is recorded as an error
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+def handle_delivery(settings: ServiceSettings, store: JobStore, audit: AuditLog, headers, body: bytes,
+                    now: float, remote: str = "") -> Answer:
+    """Verify, record and queue one delivery. 2xx only once it is durably recorded; 4xx for deliveries to
+    refuse (MLflow does not retry those); 503 when the state cannot be written (MLflow retries)."""
+    try:
+        d = verify_delivery(settings.secret, headers, body, now, settings.tolerance_s)
+    except DeliveryRejected as exc:
+        audit.append("delivery.rejected", reason=str(exc), remote=remote,
+                     delivery_id=str({k.lower(): v for k, v in headers.items()}.get("x-mlflow-delivery-id", ""))[:64])
+        return Answer(exc.status, {"error": str(exc)})
+    name, version, alias = (str(d.data[k]) if d.data.get(k) is not None else None for k in ("name", "version", "alias"))
+    kind = None
+    if settings.model_names and name not in settings.model_names:
+        decision = f"ignored: model {name!r} is not watched"
+    elif d.event == "model_version.created" and name and version:
+        kind, decision = "validate", None
+    elif d.event == "model_version_alias.created" and alias in settings.protected_aliases and name:
+        kind, decision = "alias", None
+    else:
+        decision = "ignored: nothing to do for this event"
+    try:
+        acc = store.accept(d.delivery_id, now, settings.tolerance_s, kind, name,
+                           version if kind == "validate" else None, alias if kind == "alias" else None)
+    except Replay:
+        audit.append("delivery.rejected", reason="replay: this delivery id was already accepted",
+                     delivery_id=d.delivery_id, event=d.event, remote=remote)
+        return Answer(409, {"error": "replayed delivery"})
+    except Exception as exc:  # noqa: BLE001 - unrecorded: let MLflow retry rather than lose the event
+        return Answer(503, {"error": f"state store unavailable: {type(exc).__name__}"})
+    if kind:
+        decision = f"queued job {acc.job_id}" if acc.job_id else f"already covered by job {acc.duplicate_of}"
+    audit.append("delivery.accepted", delivery_id=d.delivery_id, event=d.event, name=name, version=version,
+                 alias=alias, decision=decision, remote=remote)
+    return Answer(202, {"accepted": True, "decision": decision, "kind": kind, "job": acc.job_id or acc.duplicate_of})
+
+
+class Dispatcher:
+    """Worker threads pulling jobs from the store: ``workers`` for validations, one for aliases."""
+
+    def __init__(self, store: JobStore, audit: AuditLog, workers: int,
+                 validate: Callable[[Job, Callable[[], bool], Callable[[subprocess.Popen], None]], Any],
+                 check_alias: Callable[[Job], Any]) -> None:
+        self.store, self.audit, self.workers = store, audit, workers
+        self._validate, self._check_alias = validate, check_alias
+        self._stop = threading.Event()
+        self._wake = {"validate": threading.Condition(), "alias": threading.Condition()}
+        self._children: dict[int, subprocess.Popen] = {}
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        kinds = ["validate"] * self.workers + ["alias"]
+        self._threads = [threading.Thread(target=self._loop, args=(k,), name=f"gate-{k}-{i}", daemon=True)
+                         for i, k in enumerate(kinds)]
+        for t in self._threads:
+            t.start()
+
+    def notify(self, kind: str) -> None:
+        with self._wake[kind]:
+            self._wake[kind].notify()
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Stop claiming, stop running validations (their jobs go back to the queue), join."""
+        self._stop.set()
+        for cond in self._wake.values():
+            with cond:
+                cond.notify_all()
+        for proc in list(self._children.values()):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for t in self._threads:
+            t.join(timeout_s)
+
+    def _loop(self, kind: str) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.store.claim(kind)
+            except Exception:  # noqa: BLE001 - a locked or busy database: try again shortly
+                job = None
+            if job is None:
+                with self._wake[kind]:
+                    self._wake[kind].wait(timeout=2.0)
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        try:
+            if job.kind == "validate":
+                self._run_validation(job)
+            else:
+                self._run_alias_check(job)
+        except Exception as exc:  # noqa: BLE001 - fail closed: the job is an error, never a pass
+            detail = f"{type(exc).__name__}: {str(exc)[:400]}"
+            self.store.finish(job.id, "error", "error" if job.kind == "validate" else None, detail)
+            self.audit.append(f"{'validation' if job.kind == 'validate' else 'alias'}.error", job=job.id,
+                              name=job.name, version=job.version, alias=job.alias, detail=detail)
+
+    def _run_validation(self, job: Job) -> None:
+        self.audit.append("validation.started", job=job.id, name=job.name, version=job.version,
+                          attempt=job.attempts)
+
+        def started(proc: subprocess.Popen) -> None:
+            self._children[job.id] = proc
+
+        try:
+            o = self._validate(job, self._stop.is_set, started)
+        finally:
+            self._children.pop(job.id, None)
+        if o.status == "interrupted":
+            self.store.release(job.id)
+            self.audit.append("validation.interrupted", job=job.id, name=job.name, version=job.version,
+                              detail=o.detail)
+            return
+        self.store.finish(job.id, o.status, o.verdict, o.detail)
+        event = {"done": "validation.finished", "skipped": "validation.skipped"}.get(o.status, "validation.error")
+        self.audit.append(event, job=job.id, name=job.name, version=job.version, verdict=o.verdict,
+                          detail=o.detail, exit_code=o.exit_code, report_sha256=o.report_sha256, run_id=o.run_id,
+                          attested=o.attested, seconds=round(o.seconds, 2), reports=o.reports)
+
+    def _run_alias_check(self, job: Job) -> None:
+        d = self._check_alias(job)
+        self.store.finish(job.id, "done", None, d.action)
+        if d.action == "allowed":
+            self.store.set_approved_holder(d.name, d.alias, d.version)
+        self.audit.append(f"alias.{d.action}", job=job.id, name=d.name, alias=d.alias, version=d.version,
+                          restored=d.restored, reason=d.reason)
+
+
+def create_app(settings: ServiceSettings, store: JobStore, audit: AuditLog, dispatcher: Dispatcher):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI(title="gate webhook receiver", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post(WEBHOOK_PATH)
+    async def receive(request: Request):
+        body = await request.body()  # the raw bytes: the signature covers them exactly
+        remote = request.client.host if request.client else ""
+        answer = await run_in_threadpool(handle_delivery, settings, store, audit, dict(request.headers), body,
+                                         time.time(), remote)
+        if answer.status == 202 and answer.body["decision"].startswith("queued"):
+            dispatcher.notify(answer.body["kind"])
+        return JSONResponse(answer.body, status_code=answer.status)
+
+    @app.get("/healthz")
+    async def health():
+        counts = await run_in_threadpool(store.counts)
+        return {"status": "ok", "jobs": counts, "time": dt.datetime.now(dt.timezone.utc).isoformat()}
+
+    return app
+
+
+def job_counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no jobs"
+
+
+def state_paths(state_dir: Path) -> tuple[Path, Path, Path]:
+    """(job store, audit log, reports folder) under the state folder."""
+    return state_dir / "state.sqlite", state_dir / "audit.jsonl", state_dir / "reports"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    policy: Path
+    tracking_uri: str
+    signing_key: Path
+    state_dir: Path
+    settings: ServiceSettings
+    public_key: Path | None = None  # trusted for aliases; default: the signing key's own public half
+    host: str = "127.0.0.1"
+    port: int = 8808
+    job_timeout_s: float = 3600.0
+
+
+def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
+    """Check the configuration, recover the queue, then serve until SIGINT/SIGTERM.
+    Raises :class:`gate.errors.ConfigError` before binding when anything is wrong."""
+    import uvicorn
+
+    from gate import __version__
+    from gate.attestation import AttestationError, key_id, load_private_key, load_public_key
+    from gate.errors import ConfigError
+    from gate.policy import load_policy
+    from gate.registry import check_reachable
+    from gate.serve.alias_watch import attestation_problem, reconcile_alias
+    from gate.serve.audit import AuditError, verify_audit_log
+    from gate.serve.validation_job import ValidationSettings, run_validation
+    from gate.validators import discover
+
+    policy = load_policy(opts.policy, discover())
+    days = policy.model.spec.attestation.max_age_days
+    max_age = dt.timedelta(days=days) if days is not None else None
+    try:
+        public_key = load_private_key(opts.signing_key).public_key()
+        if opts.public_key:
+            public_key = load_public_key(opts.public_key)
+    except AttestationError as exc:
+        raise ConfigError(f"gate serve needs a signing key for its validations: {exc}") from None
+    check_reachable(opts.tracking_uri)
+    store_path, audit_path, reports = state_paths(opts.state_dir)
+    if audit_path.exists():
+        try:
+            head = verify_audit_log(audit_path)
+        except AuditError as exc:
+            raise ConfigError(f"refusing to start on a broken audit log: {exc}") from None
+        log(f"audit log {audit_path}: {head.entries} entries, chain intact, head {head.head}")
+    store, audit = JobStore(store_path), AuditLog(audit_path)
+    requeued, given_up = store.recover_interrupted(opts.settings.max_attempts)
+    for j in given_up:
+        audit.append("validation.error", job=j.id, name=j.name, version=j.version, alias=j.alias,
+                     detail=f"interrupted {j.attempts} times; not retried")
+    if requeued:
+        audit.append("service.recovered", requeued=[j.id for j in requeued])
+    started = audit.append("service.started", gate_version=__version__, policy=str(opts.policy),
+                           policy_sha256=policy.sha256, tracking_uri=opts.tracking_uri, workers=opts.settings.workers,
+                           protected_aliases=sorted(opts.settings.protected_aliases),
+                           models=sorted(opts.settings.model_names) or "all", trusted_key=key_id(public_key))
+
+    vs = ValidationSettings(opts.policy.resolve(), opts.tracking_uri, opts.signing_key.resolve(), reports,
+                            opts.job_timeout_s, Path.cwd())
+
+    def problem_of(name: str, version: str) -> str | None:
+        return attestation_problem(opts.tracking_uri, public_key, max_age, name, version)
+
+    dispatcher = Dispatcher(
+        store, audit, opts.settings.workers,
+        validate=lambda job, stopping, on_start: run_validation(vs, job.name, job.version, stopping, on_start),
+        check_alias=lambda job: reconcile_alias(opts.tracking_uri, job.name, job.alias, problem_of,
+                                                store.approved_holder(job.name, job.alias)))
+    server = uvicorn.Server(uvicorn.Config(create_app(opts.settings, store, audit, dispatcher), host=opts.host,
+                                           port=opts.port, log_level="warning", access_log=False))
+    dispatcher.start()
+    log(f"gate serve: http://{opts.host}:{opts.port}{WEBHOOK_PATH} · {opts.settings.workers} workers · "
+        f"{job_counts_text(store.counts())} · audit head {started['hash']}")
+    try:
+        server.run()
+    finally:
+        dispatcher.stop()
+        audit.append("service.stopped", jobs=store.counts())

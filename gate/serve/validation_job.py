@@ -1,0 +1,108 @@
+"""One validation job of the webhook service: ``gate validate --signing-key`` in a child process.
+
+A child process, not a thread: a validator that crashes, leaks memory or hangs takes only its own
+job down (it is killed at the time limit), and MLflow's process-wide URI state is never shared between
+concurrent validations. The registry's tags, written by the child, are the record of the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from gate.registry import client_for
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSettings:
+    policy: Path
+    tracking_uri: str
+    signing_key: Path
+    reports_dir: Path
+    timeout_s: float
+    workdir: Path  # the child's working directory (its .gate/cache is shared by all jobs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationOutcome:
+    status: str  # done | skipped | error | interrupted
+    verdict: str | None  # pass | fail | error (the report's), None when nothing ran
+    detail: str
+    exit_code: int | None = None
+    report_sha256: str | None = None
+    run_id: str | None = None
+    attested: bool = False
+    seconds: float = 0.0
+    reports: str | None = None
+
+
+def report_folder(reports_dir: Path, name: str, version: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
+    return reports_dir / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}" / str(version)
+
+
+def _last_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("gate: error:")]
+    return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def run_validation(s: ValidationSettings, name: str, version: str, is_stopping: Callable[[], bool],
+                   started: Callable[[subprocess.Popen], None] = lambda _p: None) -> ValidationOutcome:
+    """Validate ``models:/name/version``; never raises for a failed validation (the outcome says why)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(s.tracking_uri)
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):  # e.g. MLflow's test delivery (example_model)
+            return ValidationOutcome("skipped", None, f"models:/{name}/{version} is not in the registry")
+        raise
+    out = report_folder(s.reports_dir, name, version)
+    if out.exists():  # a run interrupted by a crash: its files must not mix with this one's
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "gate.cli", "validate", "--model", f"models:/{name}/{version}",
+           "--policy", str(s.policy), "--tracking-uri", s.tracking_uri, "--out", str(out), "--quiet",
+           "--signing-key", str(s.signing_key)]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=s.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    started(proc)
+    try:
+        _stdout, stderr = proc.communicate(timeout=s.timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        _mark_error(client, name, version)
+        return ValidationOutcome("error", "error", f"validation exceeded {s.timeout_s:.0f} s and was killed",
+                                 seconds=time.time() - t0)
+    seconds = time.time() - t0
+    if is_stopping() and proc.returncode < 0:
+        return ValidationOutcome("interrupted", None, "the service stopped during the validation", seconds=seconds)
+    tags = client.get_model_version(name, version).tags or {}
+    report = out / "report.json"
+    sha = hashlib.sha256(report.read_bytes()).hexdigest() if report.is_file() else None
+    if proc.returncode in (0, 1, 3) and sha and tags.get("gate.report_sha256") == sha:
+        verdict = tags.get("gate.verdict")
+        return ValidationOutcome("done", verdict, f"exit {proc.returncode}", proc.returncode, sha,
+                                 tags.get("gate.run_id"), "gate.attestation" in tags, seconds, str(out))
+    # bad input, an unrecorded result, or a child that died: the version must read as not validated
+    _mark_error(client, name, version)
+    return ValidationOutcome("error", "error", _last_error_line(stderr), proc.returncode, sha,
+                             tags.get("gate.run_id"), False, seconds, str(out) if sha else None)
+
+
+def _mark_error(client, name: str, version: str) -> None:
+    try:
+        client.set_model_version_tag(name, version, "gate.verdict", "error")
+    except Exception:  # noqa: BLE001 - the audit log records the error either way
+        pass
