@@ -289,6 +289,9 @@ def _load_plugin_commands() -> None:
 
 
 def main() -> None:
+    from gate.serve.validation_job import die_with_parent
+
+    die_with_parent()  # a no-op unless started by `gate serve`
     _quiet_env()
     _load_plugin_commands()
     try:

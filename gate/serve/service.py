@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' annotations here
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
 from gate.serve.audit import AuditLog
 from gate.serve.jobstore import Job, JobStore, Replay
 from gate.serve.signature import DeliveryRejected, verify_delivery
@@ -170,11 +174,7 @@ class Dispatcher:
                           restored=d.restored, reason=d.reason)
 
 
-def create_app(settings: ServiceSettings, store: JobStore, audit: AuditLog, dispatcher: Dispatcher):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
-
+def create_app(settings: ServiceSettings, store: JobStore, audit: AuditLog, dispatcher: Dispatcher) -> FastAPI:
     app = FastAPI(title="gate webhook receiver", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post(WEBHOOK_PATH)
@@ -262,7 +262,7 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
                            models=sorted(opts.settings.model_names) or "all", trusted_key=key_id(public_key))
 
     vs = ValidationSettings(opts.policy.resolve(), opts.tracking_uri, opts.signing_key.resolve(), reports,
-                            opts.job_timeout_s, Path.cwd())
+                            opts.job_timeout_s, Path.cwd(), max(1, (os.cpu_count() or 1) // opts.settings.workers))
 
     def problem_of(name: str, version: str) -> str | None:
         return attestation_problem(opts.tracking_uri, public_key, max_age, name, version)
@@ -274,6 +274,10 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
                                                 store.approved_holder(job.name, job.alias)))
     server = uvicorn.Server(uvicorn.Config(create_app(opts.settings, store, audit, dispatcher), host=opts.host,
                                            port=opts.port, log_level="warning", access_log=False))
+    # uvicorn re-raises the stop signal once it has shut down, to the handlers found at start: these
+    # ones let the queue be put back and the stop be recorded before the process ends
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     dispatcher.start()
     log(f"gate serve: http://{opts.host}:{opts.port}{WEBHOOK_PATH} · {opts.settings.workers} workers · "
         f"{job_counts_text(store.counts())} · audit head {started['hash']}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ class ValidationSettings:
     reports_dir: Path
     timeout_s: float
     workdir: Path  # the child's working directory (its .gate/cache is shared by all jobs)
+    threads: int = 1  # CPU threads per validation: cores / workers, so that parallel jobs do not thrash
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,22 @@ class ValidationOutcome:
     reports: str | None = None
 
 
+PARENT_PID_ENV = "GATE_SERVE_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """In a validation child: ask Linux to kill this process when the service dies, so that a crashed
+    service leaves no orphan validation behind to race the re-run of its job after the restart."""
+    parent = os.environ.pop(PARENT_PID_ENV, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the service died before the request took effect
+        os._exit(3)
+
+
 def report_folder(reports_dir: Path, name: str, version: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
     return reports_dir / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}" / str(version)
@@ -52,6 +71,14 @@ def _last_error_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("gate: error:")]
     return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """The service's environment, with thread pools sized for one job (an operator's own settings win)."""
+    env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(key, str(threads))
+    return env
 
 
 def run_validation(s: ValidationSettings, name: str, version: str, is_stopping: Callable[[], bool],
@@ -75,7 +102,7 @@ def run_validation(s: ValidationSettings, name: str, version: str, is_stopping: 
            "--signing-key", str(s.signing_key)]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=s.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=child_env(s.threads))
     started(proc)
     try:
         _stdout, stderr = proc.communicate(timeout=s.timeout_s)
