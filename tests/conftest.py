@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# a real `mlflow server` for the tests that need one (a RuntimeError with its log when it cannot start)
+from gate.local_server import free_port  # noqa: E402,F401  (used by the tests)
+from gate.local_server import local_mlflow_server as mlflow_server  # noqa: E402,F401
 
 
 def save_slices(folder: Path, images: np.ndarray, ids: list[str]) -> Path:
@@ -107,42 +104,3 @@ def mri_labelled():
     tr_i, tr_l, _ = labelled_subject_slices(range(1, 4), 12)
     te_i, te_l, _ = labelled_subject_slices(range(201, 203), 8)
     return tr_i, tr_l, te_i, te_l
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mlflow_server(root: Path, app_name: str | None = None, env: dict[str, str] | None = None):
-    """A real ``mlflow server`` (sqlite backend, local artifacts) on a free 127.0.0.1 port; yields its URI."""
-    port = free_port()
-    full_env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
-                    **(env or {}))
-    args = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-            f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"), "--host",
-            "127.0.0.1", "--port", str(port), "--workers", "1"] + (["--app-name", app_name] if app_name else [])
-    proc = subprocess.Popen(args, env=full_env, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
-        yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)

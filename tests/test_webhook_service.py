@@ -9,10 +9,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,11 +18,12 @@ import pytest
 from cryptography.fernet import Fernet
 from typer.testing import CliRunner
 
-from conftest import free_port, mlflow_server, write_policy
+from conftest import mlflow_server, write_policy
 from gate import attestation as A
 from gate.cli import app
 from gate.generator import log_generator
-from gate.serve.audit import AuditLog, verify_audit_log
+from gate.local_server import LocalGateService
+from gate.serve.audit import verify_audit_log
 from gate.serve.signature import sign
 from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
 
@@ -41,51 +39,6 @@ def wait_for(predicate, timeout_s, what):
             return value
         time.sleep(0.5)
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-
-
-class Service:
-    """`gate serve` as its own process, as an operator would run it."""
-
-    def __init__(self, root: Path, tracking_uri: str, policy: Path, key: Path) -> None:
-        self.root, self.port = root, free_port()
-        (root / "secret").write_text(SECRET + "\n")
-        self.args = [str(Path(sys.executable).with_name("gate")), "serve", "--policy", str(policy),
-                     "--tracking-uri", tracking_uri, "--signing-key", str(key), "--secret-file", str(root / "secret"),
-                     "--state-dir", str(root / "state"), "--port", str(self.port), "--workers", "2",
-                     "--model-name", NAME, "--protected-alias", "champion"]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.audit = AuditLog(root / "state" / "audit.jsonl")
-        self.proc = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, cwd=self.root, stdout=open(self.root / "serve.log", "a"),
-                                     stderr=subprocess.STDOUT)
-        wait_for(self.healthy, 120, "gate serve to listen: " + (self.root / "serve.log").read_text()[-1500:])
-
-    def healthy(self):
-        if self.proc.poll() is not None:
-            pytest.fail("gate serve exited: " + (self.root / "serve.log").read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(60)
-
-    def events(self, kind, **match):
-        return [e for e in self.audit.entries() if e["event"] == kind
-                and all(e["data"].get(k) == v for k, v in match.items())]
-
-    def post(self, headers, body):
-        req = urllib.request.Request(self.url + "/mlflow/webhook", data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +63,8 @@ def world(tmp_path_factory, mri):
                                   artifacts={"train_slices": str(root / "train_slices.npy"),
                                              "train_labels": str(root / "train_labels.npy")})
         policy = write_policy(root / "policy.yaml", mri["train"], mri["holdout"], n_samples=16)
-        service = Service(root, uri, policy, root / "gate.key")
+        service = LocalGateService(root / "service", uri, policy, root / "gate.key", SECRET, workers=2,
+                                   model_names=(NAME,))
         service.start()
         try:
             yield {"uri": uri, "client": client, "service": service, "root": root,
@@ -121,8 +75,8 @@ def world(tmp_path_factory, mri):
 
 
 def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_a_crash(world):
-    client, service, uri = world["client"], world["service"], world["uri"]
-    hook = client.create_webhook(name="gate", url=service.url + "/mlflow/webhook", secret=SECRET,
+    client, service = world["client"], world["service"]
+    hook = client.create_webhook(name="gate", url=service.webhook_url, secret=SECRET,
                                  events=["model_version.created", "model_version_alias.created"])
     time.sleep(1.5)  # the server caches its webhook list for MLFLOW_WEBHOOK_CACHE_TTL
     probe = client.test_webhook(hook.webhook_id)  # MLflow's example payload names a model nobody has
@@ -139,16 +93,16 @@ def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_
     assert len(kind_of) == 10
 
     # every creation is delivered and queued before anything is acknowledged as done
-    wait_for(lambda: sum(service.healthy()["jobs"].values()) == 10, 60, "10 queued jobs")
+    wait_for(lambda: sum(_jobs(service).values()) == 10, 60, "10 queued jobs")
     # crash the service (SIGKILL) while validations run; its children die with it
     wait_for(lambda: service.events("validation.started"), 120, "a validation to start")
     service.stop(signal.SIGKILL)
-    wait_for(lambda: not _running_validations(world["root"]), 30, "the validation children to die with the service")
+    wait_for(lambda: not _running_validations(service.root), 30, "the validation children to die with the service")
     finished_before = {e["data"]["version"] for e in service.events("validation.finished")}
     assert len(finished_before) < 10, "the crash came too late to test recovery"
     service.start()
     assert service.events("service.recovered"), "interrupted jobs were not put back in the queue"
-    wait_for(lambda: service.healthy()["jobs"] == {"done": 10}, 600, "all 10 validations to finish")
+    wait_for(lambda: _jobs(service) == {"done": 10}, 600, "all 10 validations to finish")
 
     finished = collections.Counter(e["data"]["version"] for e in service.events("validation.finished"))
     assert finished == {v: 1 for v in kind_of}, finished  # once each, across the crash
@@ -169,7 +123,7 @@ def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_
     assert service.post(headers, body) == 409  # the same delivery again: a replay
     time.sleep(3)
     assert len(service.events("validation.started", version=str(created[0].version))) <= 2
-    assert service.healthy()["jobs"] == {"done": 10}
+    assert _jobs(service) == {"done": 10}
 
     # forged and stale deliveries are refused and recorded
     headers, body = _signed({"entity": "model_version", "action": "created", "data": {"name": NAME, "version": "99"}},
@@ -219,6 +173,10 @@ def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_
     head = verify_audit_log(service.audit.path)
     res = CliRunner().invoke(app, ["audit", "verify", str(service.audit.path), "--head", head.head])
     assert res.exit_code == 0 and f"{head.entries} entries" in res.output
+
+
+def _jobs(service):
+    return (service.health() or {}).get("jobs", {})
 
 
 def _model_id(mv):

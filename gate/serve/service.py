@@ -242,6 +242,9 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
     except AttestationError as exc:
         raise ConfigError(f"gate serve needs a signing key for its validations: {exc}") from None
     check_reachable(opts.tracking_uri)
+    if not opts.tracking_uri.startswith(("http://", "https://")):
+        log(f"warning: {opts.tracking_uri} is not an MLflow server: webhooks fire only for writes through a "
+            "server's REST API, so nothing will arrive")
     store_path, audit_path, reports = state_paths(opts.state_dir)
     if audit_path.exists():
         try:
