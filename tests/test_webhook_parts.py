@@ -218,3 +218,57 @@ def test_handle_delivery_records_queues_and_audits(tmp_path):
     assert "replay" in events[2][1] and "bad signature" in events[3][1]
     assert [j.kind for j in store.jobs()] == ["validate", "alias"]
     verify_audit_log(audit.path)
+
+
+def _dispatch(tmp_path, validate, max_attempts=3):
+    from gate.serve.service import Dispatcher
+
+    store, audit = JobStore(tmp_path / "s.sqlite"), AuditLog(tmp_path / "audit.jsonl")
+    store.accept("d", time.time(), 300, "validate", "gen", "1")
+    dispatcher = Dispatcher(store, audit, 1, validate, check_alias=None, max_attempts=max_attempts, backoff_s=0.01)
+    dispatcher.start()
+    try:
+        deadline = time.time() + 20
+        while store.jobs()[0].status in ("queued", "running") and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        dispatcher.stop()
+    return store.jobs()[0], [e["event"] for e in audit.entries()]
+
+
+def test_the_pool_retries_a_registry_outage_then_records_the_validation(tmp_path):
+    from gate.serve.validation_job import ValidationOutcome
+
+    calls = []
+
+    def validate(job, stopping, started):
+        calls.append(job.attempts)
+        if len(calls) < 3:
+            raise ConnectionError("registry unreachable")
+        return ValidationOutcome("done", "pass", "exit 0", 0)
+
+    job, events = _dispatch(tmp_path, validate)
+    assert calls == [1, 2, 3] and (job.status, job.verdict) == ("done", "pass")
+    assert events == ["validation.started", "validation.retry", "validation.started", "validation.retry",
+                      "validation.started", "validation.finished"]
+
+
+def test_a_lasting_outage_ends_as_an_error_and_a_validation_error_is_never_retried(tmp_path):
+    from gate.serve.validation_job import ValidationOutcome
+
+    def down(job, stopping, started):
+        raise ConnectionError("registry unreachable")
+
+    job, events = _dispatch(tmp_path / "a", down, max_attempts=2)
+    assert (job.status, job.verdict) == ("error", "error") and "unreachable" in job.detail
+    assert events[-1] == "validation.error" and events.count("validation.started") == 2
+
+    calls = []
+
+    def broken(job, stopping, started):
+        calls.append(1)
+        return ValidationOutcome("error", "error", "gate: error: generator batch 0: wrong shape", 2)
+
+    job, events = _dispatch(tmp_path / "b", broken)
+    assert len(calls) == 1 and (job.status, job.verdict) == ("error", "error")
+    assert events == ["validation.started", "validation.error"]

@@ -129,6 +129,12 @@ class JobStore:
             db.execute("UPDATE jobs SET status = 'queued', attempts = attempts - 1, started_at = NULL "
                        "WHERE id = ? AND status = 'running'", (job_id,))
 
+    def requeue(self, job_id: int) -> None:
+        """Back to the queue, the attempt counted (it failed)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET status = 'queued', started_at = NULL WHERE id = ? AND status = 'running'",
+                       (job_id,))
+
     def recover_interrupted(self, max_attempts: int) -> tuple[list[Job], list[Job]]:
         """After a crash: running jobs go back to the queue, or to ``error`` after ``max_attempts``."""
         with self._tx() as db:

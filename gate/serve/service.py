@@ -86,8 +86,9 @@ class Dispatcher:
 
     def __init__(self, store: JobStore, audit: AuditLog, workers: int,
                  validate: Callable[[Job, Callable[[], bool], Callable[[subprocess.Popen], None]], Any],
-                 check_alias: Callable[[Job], Any]) -> None:
+                 check_alias: Callable[[Job], Any], max_attempts: int = 3, backoff_s: float = 5.0) -> None:
         self.store, self.audit, self.workers = store, audit, workers
+        self.max_attempts, self.backoff_s = max_attempts, backoff_s
         self._validate, self._check_alias = validate, check_alias
         self._stop = threading.Event()
         self._wake = {"validate": threading.Condition(), "alias": threading.Condition()}
@@ -138,10 +139,20 @@ class Dispatcher:
             else:
                 self._run_alias_check(job)
         except Exception as exc:  # noqa: BLE001 - fail closed: the job is an error, never a pass
+            # raised here, not reported by a validation: the registry was unreachable or the like, so try
+            # again after a pause, then give up; a validation's own verdict (error included) is never retried
             detail = f"{type(exc).__name__}: {str(exc)[:400]}"
+            prefix = "validation" if job.kind == "validate" else "alias"
+            if job.attempts < self.max_attempts and not self._stop.is_set():
+                pause = self.backoff_s * 2 ** (job.attempts - 1)
+                self.audit.append(f"{prefix}.retry", job=job.id, name=job.name, version=job.version, alias=job.alias,
+                                  attempt=job.attempts, detail=detail, retry_in_s=pause)
+                self._stop.wait(pause)
+                self.store.requeue(job.id)
+                return
             self.store.finish(job.id, "error", "error" if job.kind == "validate" else None, detail)
-            self.audit.append(f"{'validation' if job.kind == 'validate' else 'alias'}.error", job=job.id,
-                              name=job.name, version=job.version, alias=job.alias, detail=detail)
+            self.audit.append(f"{prefix}.error", job=job.id, name=job.name, version=job.version, alias=job.alias,
+                              detail=detail, attempts=job.attempts)
 
     def _run_validation(self, job: Job) -> None:
         self.audit.append("validation.started", job=job.id, name=job.name, version=job.version,
@@ -271,7 +282,7 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
         return attestation_problem(opts.tracking_uri, public_key, max_age, name, version)
 
     dispatcher = Dispatcher(
-        store, audit, opts.settings.workers,
+        store, audit, opts.settings.workers, max_attempts=opts.settings.max_attempts,
         validate=lambda job, stopping, on_start: run_validation(vs, job.name, job.version, stopping, on_start),
         check_alias=lambda job: reconcile_alias(opts.tracking_uri, job.name, job.alias, problem_of,
                                                 store.approved_holder(job.name, job.alias)))
