@@ -73,7 +73,12 @@ def handle_delivery(settings: ServiceSettings, store: JobStore, audit: AuditLog,
                      delivery_id=d.delivery_id, event=d.event, remote=remote)
         return Answer(409, {"error": "replayed delivery"})
     except Exception as exc:  # noqa: BLE001 - unrecorded: let MLflow retry rather than lose the event
-        return Answer(503, {"error": f"state store unavailable: {type(exc).__name__}"})
+        reason = f"state store unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+        try:
+            audit.append("delivery.deferred", delivery_id=d.delivery_id, event=d.event, reason=reason)
+        except Exception:  # noqa: BLE001 - the 503 makes MLflow retry either way
+            pass
+        return Answer(503, {"error": reason})
     if kind:
         decision = f"queued job {acc.job_id}" if acc.job_id else f"already covered by job {acc.duplicate_of}"
     audit.append("delivery.accepted", delivery_id=d.delivery_id, event=d.event, name=name, version=version,
