@@ -13,13 +13,25 @@ EXPERIMENT = "gate"
 
 def start_validation_run(ref: ModelRef, tracking_uri: str, policy_name: str) -> str:
     client = client_for(tracking_uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        EXPERIMENT, artifact_location=default_artifact_root(tracking_uri) and
-        default_artifact_root(tracking_uri) + "/gate")
-    run = client.create_run(exp_id, run_name=f"validate-{ref.name}-v{ref.version}",
+    run = client.create_run(validation_experiment_id(client, tracking_uri), run_name=f"validate-{ref.name}-v{ref.version}",
                             tags={"gate.model": ref.name, "gate.version": ref.version, "gate.policy": policy_name})
     return run.info.run_id
+
+
+def validation_experiment_id(client, tracking_uri: str, name: str = EXPERIMENT) -> str:
+    """The ``gate`` experiment's id, creating it once even when validations start at the same moment
+    (``gate serve`` runs several): the loser of the race reads the winner's."""
+    exp = client.get_experiment_by_name(name)
+    if exp:
+        return exp.experiment_id
+    root = default_artifact_root(tracking_uri)
+    try:
+        return client.create_experiment(name, artifact_location=root and root + "/" + name)
+    except Exception:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS, or a unique-constraint error from the store
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report: Report, report_sha256: str,

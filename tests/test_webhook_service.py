@@ -102,7 +102,9 @@ def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_
     assert len(finished_before) < 10, "the crash came too late to test recovery"
     service.start()
     assert service.events("service.recovered"), "interrupted jobs were not put back in the queue"
-    wait_for(lambda: _jobs(service) == {"done": 10}, 600, "all 10 validations to finish")
+    wait_for(lambda: set(_jobs(service)) - {"done", "error"} == set() and sum(_jobs(service).values()) == 10,
+             600, "all 10 validations to finish")
+    assert _jobs(service) == {"done": 10}, service.events("validation.error")
 
     finished = collections.Counter(e["data"]["version"] for e in service.events("validation.finished"))
     assert finished == {v: 1 for v in kind_of}, finished  # once each, across the crash
@@ -173,6 +175,20 @@ def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_
     head = verify_audit_log(service.audit.path)
     res = CliRunner().invoke(app, ["audit", "verify", str(service.audit.path), "--head", head.head])
     assert res.exit_code == 0 and f"{head.entries} entries" in res.output
+
+
+def test_validations_starting_together_share_one_gate_experiment(world):
+    from gate.recording import validation_experiment_id
+
+    client, barrier = world["client"], __import__("threading").Barrier(8)
+
+    def race(_):
+        barrier.wait()
+        return validation_experiment_id(client, world["uri"], name="gate-race")
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(race, range(8)))
+    assert ids == {client.get_experiment_by_name("gate-race").experiment_id}
 
 
 def _jobs(service):

@@ -67,10 +67,10 @@ def report_folder(reports_dir: Path, name: str, version: str) -> Path:
     return reports_dir / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}" / str(version)
 
 
-def _last_error_line(stderr: str) -> str:
+def _error_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("gate: error:")]
-    return (errors or lines or ["(no output)"])[-1][:500]
+    return (errors[:1] or lines[-1:] or ["(no output)"])[0][:500]  # a message's first line says what failed
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -124,7 +124,7 @@ def run_validation(s: ValidationSettings, name: str, version: str, is_stopping: 
                                  tags.get("gate.run_id"), "gate.attestation" in tags, seconds, str(out))
     # bad input, an unrecorded result, or a child that died: the version must read as not validated
     _mark_error(client, name, version)
-    return ValidationOutcome("error", "error", _last_error_line(stderr), proc.returncode, sha,
+    return ValidationOutcome("error", "error", _error_line(stderr), proc.returncode, sha,
                              tags.get("gate.run_id"), False, seconds, str(out) if sha else None)
 
 
