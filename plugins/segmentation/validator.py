@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -99,7 +100,8 @@ class SegmentationValidator:
                                              context.progress("segmentation: real-only baseline", params.epochs))
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp.npz")
+                    # a name of its own: parallel validations (gate serve) may write the same baseline
+                    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npz")
                     np.savez(tmp, **baseline)
                     tmp.replace(path)
         scalars = M.summarise(synthetic, baseline, names, context.seed, reps=params.bootstrap)
