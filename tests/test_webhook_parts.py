@@ -3,6 +3,7 @@ durable job queue, and the handling of one delivery (verify → record → queue
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -272,3 +273,36 @@ def test_a_lasting_outage_ends_as_an_error_and_a_validation_error_is_never_retri
     job, events = _dispatch(tmp_path / "b", broken)
     assert len(calls) == 1 and (job.status, job.verdict) == ("error", "error")
     assert events == ["validation.started", "validation.error"]
+
+
+def _serve(tmp_path, *extra, env=None):
+    from gate import attestation as A
+
+    private, _ = A.generate_keypair()
+    (tmp_path / "k.key").write_bytes(private)
+    policy = Path(__file__).resolve().parents[1] / "policies" / "default.yaml"
+    return CliRunner().invoke(app, ["serve", "--policy", str(policy), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                                    "--signing-key", str(tmp_path / "k.key"), "--state-dir", str(tmp_path / "state"),
+                                    *map(str, extra)], env=env or {})
+
+
+def test_serve_refuses_to_start_without_a_secret(tmp_path, monkeypatch):
+    monkeypatch.delenv("GATE_WEBHOOK_SECRET", raising=False)
+    res = _serve(tmp_path)
+    assert res.exit_code == 2 and "no webhook secret" in res.output
+
+
+def test_serve_refuses_a_port_in_use_and_a_broken_audit_log_with_one_line(tmp_path):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        res = _serve(tmp_path, "--port", busy.getsockname()[1], env={"GATE_WEBHOOK_SECRET": SECRET})
+    assert res.exit_code == 2 and "cannot listen there" in res.output, res.output
+    assert not (tmp_path / "state" / "audit.jsonl").exists()  # nothing recorded for a start that never was
+
+    log = _log_with(tmp_path / "state")
+    lines = log.path.read_bytes().splitlines()
+    log.path.write_bytes(b"\n".join(lines[:1] + lines[2:]) + b"\n")
+    res = _serve(tmp_path, "--port", 0, env={"GATE_WEBHOOK_SECRET": SECRET})
+    assert res.exit_code == 2 and "refusing to start on a broken audit log" in res.output, res.output
+    assert "line 2: chain broken" in res.output

@@ -220,6 +220,19 @@ def state_paths(state_dir: Path) -> tuple[Path, Path, Path]:
     return state_dir / "state.sqlite", state_dir / "audit.jsonl", state_dir / "reports"
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """One clear error before any state is touched (uvicorn would only log and exit 1)."""
+    import socket
+
+    from gate.errors import ConfigError
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class ServeOptions:
     policy: Path
@@ -261,6 +274,7 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
     if not opts.tracking_uri.startswith(("http://", "https://")):
         log(f"warning: {opts.tracking_uri} is not an MLflow server: webhooks fire only for writes through a "
             "server's REST API, so nothing will arrive")
+    _check_can_listen(opts.host, opts.port)
     store_path, audit_path, reports = state_paths(opts.state_dir)
     if audit_path.exists():
         try:
