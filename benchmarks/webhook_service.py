@@ -53,13 +53,10 @@ def wait_for(predicate, timeout_s: float, what: str, step: float = 0.2):
 
 
 def register_at_once(client, name: str, sources: list) -> dict[str, str]:
-    def create(mv):
-        model_id = mv.model_id or mv.source.removeprefix("models:/")
-        return client.create_model_version(name, mv.source, run_id=mv.run_id, model_id=model_id,
-                                           tags={**mv.tags, "kind": mv.tags["demo"]})
-
+    """Copies of the sources as new versions of ``name``, all at once through the REST API: version → kind."""
     with concurrent.futures.ThreadPoolExecutor(len(sources)) as pool:
-        created = list(pool.map(create, sources))
+        created = list(pool.map(lambda mv: client.copy_model_version(f"models:/{mv.name}/{mv.version}", name),
+                                sources))
     return {str(mv.version): mv.tags["kind"] for mv in created}
 
 
@@ -135,11 +132,10 @@ def delivery_cost(service, n: int = 200) -> float:
 
 def main(args: argparse.Namespace) -> None:
     import mlflow
-    from cryptography.fernet import Fernet
 
     from gate import attestation as A
     from gate.generator import log_generator
-    from gate.local_server import local_mlflow_server
+    from gate.local_server import local_mlflow_server, webhook_delivery_env
     from gate_plugins.mri.demo_data import build_demo_data
     from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
 
@@ -149,13 +145,11 @@ def main(args: argparse.Namespace) -> None:
         policy = args.policy or write_policy(root / "policy.yaml", paths["train"], paths["holdout"])
         private, _ = A.generate_keypair()
         (root / "gate.key").write_bytes(private)
-        env = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-               "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(), "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
         (root / "mlflow").mkdir()
-        with local_mlflow_server(root / "mlflow", env=env) as uri:
+        with local_mlflow_server(root / "mlflow", env=webhook_delivery_env()) as uri:
             client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-            novel, _ = log_generator(NovelSubjectGenerator(), "sources", tracking_uri=uri, tags={"demo": "novel"})
-            copier, _ = log_generator(CopyingGenerator(), "sources", tracking_uri=uri, tags={"demo": "copier"},
+            novel, _ = log_generator(NovelSubjectGenerator(), "sources", tracking_uri=uri, tags={"kind": "novel"})
+            copier, _ = log_generator(CopyingGenerator(), "sources", tracking_uri=uri, tags={"kind": "copier"},
                                       artifacts={"train_slices": str(paths["train_slices"]),
                                                  "train_labels": str(paths["train_labels"])})
             sources = [novel, copier] * (args.versions // 2) + [novel] * (args.versions % 2)

@@ -135,6 +135,12 @@ def verify(envelope: Any, public_key, *, subject_uri: str | None = None, artifac
     return statement
 
 
+def verdict_problem(statement: dict[str, Any]) -> str | None:
+    """None when a verified statement says ``pass``; otherwise why its version may not be promoted."""
+    verdict = statement["predicate"].get("verdict")
+    return None if verdict == "pass" else f"{statement['subject'][0]['name']} failed its validation (verdict {verdict})"
+
+
 def artifacts_digest(folder: Path) -> str:
     """One sha256 over every file under ``folder``: relative paths and contents, in sorted order."""
     h = hashlib.sha256()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from gate.attestation import AttestationError, load_public_key, verify
+from gate.attestation import AttestationError, load_public_key, verdict_problem, verify
 
 GUARDED_STAGES = {"staging", "production"}
 
@@ -45,9 +45,7 @@ def attestation_problem(config: GuardConfig, name: str, version: str, tags: dict
                            max_age=config.max_age)
     except AttestationError as exc:
         return f"models:/{name}/{version}: invalid gate attestation: {exc}"
-    if statement["predicate"].get("verdict") != "pass":
-        return f"models:/{name}/{version} failed its validation (verdict {statement['predicate'].get('verdict')})"
-    return None
+    return verdict_problem(statement)
 
 
 def _request_fields(request) -> dict:

@@ -20,6 +20,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def webhook_delivery_env(cache_ttl_s: int = 1) -> dict[str, str]:
+    """What ``mlflow server`` needs to deliver signed webhooks to a receiver on 127.0.0.1: http and private
+    addresses allowed (dev-only settings), a fixed Fernet key for the secrets, a short webhook-list cache."""
+    from cryptography.fernet import Fernet
+
+    return {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "MLFLOW_WEBHOOK_CACHE_TTL": str(cache_ttl_s)}
+
+
 @contextlib.contextmanager
 def local_mlflow_server(root: Path, app_name: str | None = None, env: dict[str, str] | None = None,
                         timeout_s: float = 120) -> Iterator[str]:

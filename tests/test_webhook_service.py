@@ -15,14 +15,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from cryptography.fernet import Fernet
 from typer.testing import CliRunner
 
 from conftest import mlflow_server, write_policy
 from gate import attestation as A
 from gate.cli import app
 from gate.generator import log_generator
-from gate.local_server import LocalGateService
+from gate.local_server import LocalGateService, webhook_delivery_env
 from gate.serve.audit import verify_audit_log
 from gate.serve.signature import sign
 from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
@@ -44,13 +43,10 @@ def wait_for(predicate, timeout_s, what):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, mri):
     root = tmp_path_factory.mktemp("webhooks")
-    private, public = A.generate_keypair()
+    private, _ = A.generate_keypair()
     (root / "gate.key").write_bytes(private)
-    (root / "gate.pub").write_bytes(public)
-    env = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-           "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(), "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
     (root / "mlflow").mkdir()
-    with mlflow_server(root / "mlflow", env=env) as uri:
+    with mlflow_server(root / "mlflow", env=webhook_delivery_env()) as uri:
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         from gate_plugins.mri.subjects import labelled_subject_slices
 
@@ -58,8 +54,8 @@ def world(tmp_path_factory, mri):
         np.save(root / "train_slices.npy", images)
         np.save(root / "train_labels.npy", labels)
         # the sources live under a model the service does not watch (--model-name): only NAME is validated
-        novel, _ = log_generator(NovelSubjectGenerator(), "sources", tracking_uri=uri)
-        copier, _ = log_generator(CopyingGenerator(), "sources", tracking_uri=uri,
+        novel, _ = log_generator(NovelSubjectGenerator(), "sources", tracking_uri=uri, tags={"kind": "novel"})
+        copier, _ = log_generator(CopyingGenerator(), "sources", tracking_uri=uri, tags={"kind": "copier"},
                                   artifacts={"train_slices": str(root / "train_slices.npy"),
                                              "train_labels": str(root / "train_labels.npy")})
         policy = write_policy(root / "policy.yaml", mri["train"], mri["holdout"], n_samples=16)
@@ -86,9 +82,7 @@ def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_
     client.create_registered_model(NAME)
     kinds = ["novel", "copier"] * 5
     with concurrent.futures.ThreadPoolExecutor(10) as pool:  # ten versions at once, through the REST API
-        created = list(pool.map(lambda k: client.create_model_version(
-            NAME, world["sources"][k].source, run_id=world["sources"][k].run_id, model_id=_model_id(world["sources"][k]),
-            tags={**world["sources"][k].tags, "kind": k}), kinds))
+        created = list(pool.map(lambda k: _copy(client, world["sources"][k]), kinds))
     kind_of = {str(mv.version): mv.tags["kind"] for mv in created}
     assert len(kind_of) == 10
 
@@ -158,9 +152,7 @@ def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_
     assert (reverted["version"], reverted["restored"]) == (failing, passing)
     assert "attestation" in reverted["reason"]
     # ... or at a new version promoted before its validation could finish
-    src = world["sources"]["novel"]
-    fresh = str(client.create_model_version(NAME, src.source, run_id=src.run_id, model_id=_model_id(src),
-                                            tags=src.tags).version)
+    fresh = str(_copy(client, world["sources"]["novel"]).version)
     client.set_registered_model_alias(NAME, "champion", fresh)
     wait_for(lambda: service.events("alias.reverted", version=fresh), 60, "the alias to leave the fresh version")
     assert str(client.get_registered_model(NAME).aliases["champion"]) == passing
@@ -195,8 +187,9 @@ def _jobs(service):
     return (service.health() or {}).get("jobs", {})
 
 
-def _model_id(mv):
-    return mv.model_id or mv.source.removeprefix("models:/")  # MLflow 3 logged models: models:/m-<id>
+def _copy(client, source):
+    """A new version of NAME, through the REST API (so MLflow delivers its creation), with the source's tags."""
+    return client.copy_model_version(f"models:/{source.name}/{source.version}", NAME)
 
 
 def _signed(payload, secret=SECRET, ts=None):

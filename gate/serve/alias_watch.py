@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 from typing import Callable
 
-from gate.attestation import AttestationError
+from gate.attestation import AttestationError, verdict_problem
 from gate.registry import client_for, resolve_model
 
 
@@ -40,8 +40,7 @@ def attestation_problem(tracking_uri: str, public_key, max_age: dt.timedelta | N
         statement = verify_model_version(ref, tracking_uri, public_key, max_age)
     except (AttestationError, GateError) as exc:
         return str(exc)
-    verdict = statement["predicate"].get("verdict")
-    return None if verdict == "pass" else f"models:/{name}/{version} failed its validation (verdict {verdict})"
+    return verdict_problem(statement)
 
 
 def reconcile_alias(tracking_uri: str, name: str, alias: str, problem_of: Callable[[str, str], str | None],
