@@ -61,6 +61,11 @@ class Provenance(BaseModel):
     finished_at: str
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
+    #: how the candidate was sampled: "bubblewrap" (namespaces, no network, read-only model copy),
+    #: "process" (a separate process with a clean environment, no namespaces), or None for a folder
+    isolation: str | None = None
+    #: --train/--holdout given on the command line instead of the policy's folders (None: the policy's)
+    data_overrides: dict[str, str | None] = Field(default_factory=dict)
 
 
 class Report(BaseModel):
