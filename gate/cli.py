@@ -141,20 +141,24 @@ def keygen(out_dir: Path = typer.Option(Path(".gate/keys"), "--out", "-o", help=
 
 @app.command()
 def verify(target: str = typer.Argument(..., help="models:/NAME/VERSION (or @ALIAS), or a report folder"),
-           public_key: Path = typer.Option(..., "--public-key", help="the signer's Ed25519 public key"),
+           public_keys: list[Path] = typer.Option(..., "--public-key", help="a trusted signer's Ed25519 public key "
+                                                  "(repeat for several)"),
            tracking_uri: Optional[str] = TrackingOpt,
            model: Optional[str] = typer.Option(None, "--model", help="with a report folder: the version it must "
                                                                      "be about"),
-           max_age_days: Optional[float] = typer.Option(None, "--max-age-days", help="refuse older attestations"),
+           allowed_policies: list[str] = typer.Option([], "--allow-policy", help="sha256 of a policy whose "
+                                                      "attestations count (repeat; none given: any policy)"),
+           max_age_days: Optional[float] = typer.Option(None, "--max-age-days", help="refuse older attestations "
+                                                        "(default: the policy's spec.attestation.max_age_days, "
+                                                        "else 30)"),
            policy: Optional[Path] = typer.Option(None, "--policy", help="take the maximum age from the policy's "
                                                                        "spec.attestation.max_age_days")) -> None:
-    """Check a signed attestation: signature, version, artifacts unchanged, report digest, age.
-    Exit 0 when valid, 1 with the reason when not."""
-    import datetime as dt
-
+    """Check a signed attestation: signature, version identity, artifacts unchanged, report digest, policy,
+    age. Exit 0 when valid and passing, 4 when valid but not passing, 1 with the reason when refused."""
     from gate.attest import verify_model_version, verify_report_folder
-    from gate.attestation import AttestationError
-    from gate.registry import check_reachable, resolve_model, resolve_tracking_uri
+    from gate.attestation import AttestationError, TrustPolicy, version_identity
+    from gate.errors import ExitCode
+    from gate.registry import check_reachable, client_for, resolve_model, resolve_tracking_uri
 
     try:
         if policy is not None and max_age_days is None:
@@ -162,28 +166,37 @@ def verify(target: str = typer.Argument(..., help="models:/NAME/VERSION (or @ALI
             from gate.validators import discover
 
             max_age_days = load_policy(policy, discover()).model.spec.attestation.max_age_days
-        max_age = dt.timedelta(days=max_age_days) if max_age_days is not None else None
+        trust = TrustPolicy.from_files(public_keys, allowed_policies, max_age_days)
         if target.startswith("models:/"):
             uri = resolve_tracking_uri(tracking_uri)
             check_reachable(uri)
-            statement = verify_model_version(resolve_model(target, uri), uri, public_key, max_age)
+            statement = verify_model_version(resolve_model(target, uri), uri, trust)
         else:
             folder = Path(target)
             if not folder.is_dir():
-                raise InputError(f"{folder}: not a report folder (or give models:/NAME/VERSION)")
-            subject = None
+                raise InputError(f"{str(folder)[:200]!r}: not a report folder (or give models:/NAME/VERSION)")
+            subject = identity = None
             if model:
                 uri = resolve_tracking_uri(tracking_uri)
-                subject = resolve_model(model, uri).version_uri
-            statement = verify_report_folder(folder, public_key, subject, max_age)
-    except GateError as exc:
-        fail(exc)
+                ref = resolve_model(model, uri)
+                subject = ref.version_uri
+                identity = version_identity(client_for(uri).get_model_version(ref.name, ref.version))
+            statement = verify_report_folder(folder, trust, subject, identity)
     except AttestationError as exc:
         err.print(f"gate: refused: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(int(exc.exit_code))
+    except GateError as exc:
+        fail(exc)
     p = statement["predicate"]
-    out.print(f"valid: {statement['subject'][0]['name']} verdict {p['verdict']}, issued {p['issued_at']}, "
-              f"policy {p['policy_name']}@sha256:{p['policy_sha256'][:12]}", highlight=False, soft_wrap=True)
+    what = (f"{str(statement['subject'][0]['name'])[:200]} verdict {str(p.get('verdict'))[:20]}, issued "
+            f"{str(p.get('issued_at'))[:40]}, policy {str(p.get('policy_name'))[:80]}"
+            f"@sha256:{str(p.get('policy_sha256'))[:12]}")
+    if not trust.allowed_policies:
+        what += " (no policy allow-list: any policy accepted)"
+    if p.get("verdict") != "pass":
+        err.print(f"gate: not passing: valid attestation, but {what}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(int(ExitCode.NOT_PASSING))
+    out.print(f"valid: {what}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -35,8 +35,8 @@ def _envelope(private, **over):
 def test_a_valid_attestation_verifies(keys):
     (good, _), _ = keys
     env = _envelope(good[0])
-    st = A.verify(json.dumps(env), good[1], subject_uri="models:/gen/3", artifacts_sha256="c" * 64,
-                  report_sha256="a" * 64, max_age=dt.timedelta(days=1), now=NOW)
+    st = A.verify(json.dumps(env), A.TrustPolicy((good[1],), max_age=dt.timedelta(days=1)),
+                  subject_uri="models:/gen/3", artifacts_sha256="c" * 64, report_sha256="a" * 64, now=NOW)
     assert st["predicate"]["verdict"] == "pass" and st["predicateType"] == A.PREDICATE_TYPE
     assert env["payloadType"] == "application/vnd.in-toto+json"
     assert json.loads(base64.b64decode(env["payload"]))["_type"] == "https://in-toto.io/Statement/v1"
@@ -57,8 +57,9 @@ def test_each_kind_of_tampering_is_refused_with_its_reason(keys):
         (env, {"max_age": dt.timedelta(minutes=30)}, "expired"),
     ]
     for envelope, kwargs, reason in cases:
+        trust = A.TrustPolicy((good[1],), **({"max_age": kwargs.pop("max_age")} if "max_age" in kwargs else {}))
         with pytest.raises(A.AttestationError, match=reason):
-            A.verify(envelope, good[1], now=NOW, **kwargs)
+            A.verify(envelope, trust, now=NOW, **kwargs)
 
 
 def test_key_files_are_checked(keys, tmp_path):

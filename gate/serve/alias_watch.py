@@ -5,7 +5,8 @@ Webhooks fire after the write, so this narrows the window (an unapproved ``@cham
 about a second) rather than closing it: the guard plugin closes it. The check reads the alias's holder
 *now*, not the version in the delivery, so late or reordered deliveries cannot undo a later, valid
 promotion; the service's own revert fires another ``alias.created`` whose check then passes, so it
-cannot loop.
+cannot loop. Behind the ``gate-guard`` plugin, which refuses deleting a protected alias, the service
+deletes with a request signed by the key it shares with the guard (:mod:`gate.service_auth`).
 """
 
 from __future__ import annotations
@@ -28,25 +29,30 @@ class AliasDecision:
     reason: str | None = None
 
 
-def attestation_problem(tracking_uri: str, public_key, max_age: dt.timedelta | None, name: str,
+def attestation_problem(tracking_uri: str, trust, max_age: dt.timedelta | None, name: str,
                         version: str) -> str | None:
-    """None when the version carries a valid *passing* attestation whose artifacts and report still
-    match; otherwise why not (the full ``gate verify`` check, artifacts re-hashed)."""
+    """None when the version carries a valid *passing* attestation whose identity, artifacts and report
+    still match; otherwise why not (the full ``gate verify`` check, artifacts re-hashed). ``trust``: a
+    :class:`~gate.attestation.TrustPolicy`, or one public key (then ``max_age``, default 30 days)."""
     from gate.attest import verify_model_version
+    from gate.attestation import TrustPolicy
     from gate.errors import GateError
 
+    if not isinstance(trust, TrustPolicy):
+        trust = TrustPolicy((trust,), max_age=max_age) if max_age else TrustPolicy((trust,))
     try:
         ref = resolve_model(f"models:/{name}/{version}", tracking_uri)
-        statement = verify_model_version(ref, tracking_uri, public_key, max_age)
+        statement = verify_model_version(ref, tracking_uri, trust)
     except (AttestationError, GateError) as exc:
         return str(exc)
     return verdict_problem(statement)
 
 
 def reconcile_alias(tracking_uri: str, name: str, alias: str, problem_of: Callable[[str, str], str | None],
-                    approved_holder: str | None) -> AliasDecision:
+                    approved_holder: str | None, service_key: bytes | None = None) -> AliasDecision:
     """Judge the alias's current holder; move the alias back to ``approved_holder`` (the last holder
-    this service allowed) when that one is still valid, else delete the alias."""
+    this service allowed) when that one is still valid, else delete the alias (a request signed with
+    ``service_key`` when given, so that the guard lets it through)."""
     from mlflow.exceptions import MlflowException
 
     client = client_for(tracking_uri)
@@ -62,5 +68,26 @@ def reconcile_alias(tracking_uri: str, name: str, alias: str, problem_of: Callab
     if approved_holder and approved_holder != holder and problem_of(name, approved_holder) is None:
         client.set_registered_model_alias(name, alias, approved_holder)
         return AliasDecision("reverted", name, alias, holder, approved_holder, problem)
-    client.delete_registered_model_alias(name, alias)
+    if service_key is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        delete_alias_as_service(tracking_uri, name, alias, service_key)
     return AliasDecision("removed", name, alias, holder, None, problem)
+
+
+def delete_alias_as_service(tracking_uri: str, name: str, alias: str, service_key: bytes) -> None:
+    """MLflow's DeleteRegisteredModelAlias, sent once (a retry would reuse the nonce) with the service's
+    signature over exactly these bytes."""
+    import json
+
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    from gate.service_auth import HEADER, sign_request
+
+    endpoint = "/api/2.0/mlflow/registered-models/alias"
+    body = json.dumps({"name": name, "alias": alias}).encode()
+    response = http_request(get_default_host_creds(tracking_uri), endpoint, "DELETE", max_retries=0, data=body,
+                            extra_headers={"Content-Type": "application/json",
+                                           HEADER: sign_request(service_key, "DELETE", endpoint, body)})
+    verify_rest_response(response, endpoint)
