@@ -215,11 +215,22 @@ def serve(policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt,
                                                     "(default: the signing key's public half)"),
           tolerance_s: float = typer.Option(300, "--tolerance-s", min=1, help="largest accepted clock difference"),
           job_timeout_s: float = typer.Option(3600, "--job-timeout-s", min=1, help="a validation is killed after"),
+          audit_key_file: Optional[Path] = typer.Option(None, "--audit-key-file", help="key of the audit log's MACs "
+                                                        "(default: STATE/audit.key, created mode 600 with the log)"),
+          max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, max=64 << 20,
+                                             help="larger webhook bodies are refused (413) before any check"),
+          reject_burst: int = typer.Option(20, "--reject-burst", min=1, help="refused deliveries an address may "
+                                           "send before it is answered 429"),
+          reject_rate: float = typer.Option(0.5, "--reject-rate", min=0.001, help="... refilled at this many per "
+                                            "second"),
+          child_env: list[str] = typer.Option([], "--child-env", help="an environment variable the validations "
+                                              "also need (gate's own GATE_* never pass)"),
           ) -> None:
     """Receive MLflow webhooks: validate every new model version, put protected aliases back when they
-    land on unattested versions, log every decision to a hash-chained audit log."""
+    land on unattested versions, log every decision to a keyed, chained audit log."""
     from gate.registry import resolve_tracking_uri
     from gate.serve.service import ServeOptions, ServiceSettings, run_service
+    from gate.serve.validation_job import check_child_env_names
 
     secret = os.environ.get("GATE_WEBHOOK_SECRET", "")
     if secret_file is not None:
@@ -231,32 +242,46 @@ def serve(policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt,
         fail(InputError("no webhook secret: give --secret-file or set GATE_WEBHOOK_SECRET (the secret given to "
                         "MLflow's create_webhook); unsigned deliveries are never accepted"))
     settings = ServiceSettings(secret=secret, protected_aliases=frozenset(protected), model_names=frozenset(models),
-                               tolerance_s=tolerance_s, workers=workers)
+                               tolerance_s=tolerance_s, workers=workers, max_body_bytes=max_body_bytes,
+                               reject_burst=reject_burst, reject_per_s=reject_rate)
     try:
+        check_child_env_names(tuple(child_env))
         run_service(ServeOptions(policy, resolve_tracking_uri(tracking_uri), signing_key, state_dir, settings,
-                                 public_key, host, port, job_timeout_s),
+                                 public_key, host, port, job_timeout_s, audit_key_file, tuple(child_env)),
                     log=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
     except GateError as exc:
         fail(exc)
 
 
-audit_app = typer.Typer(no_args_is_help=True, help="The webhook service's hash-chained audit log.")
+audit_app = typer.Typer(no_args_is_help=True, help="The webhook service's keyed, chained audit log.")
 app.add_typer(audit_app, name="audit")
 
 
 @audit_app.command("verify")
 def audit_verify(log: Path = typer.Argument(Path(".gate/serve/audit.jsonl"), help="the audit log"),
-                 head: Optional[str] = typer.Option(None, "--head", help="a head hash recorded earlier: the log must "
-                                                    "still contain it (catches lines cut off the end)")) -> None:
-    """Walk the hash chain. Exit 0 when intact, 1 naming the first broken line."""
-    from gate.serve.audit import AuditError, verify_audit_log
+                 key: Optional[Path] = typer.Option(None, "--key", help="the audit key file (default: audit.key "
+                                                    "beside the log)"),
+                 head: Optional[str] = typer.Option(None, "--head", help="a head recorded earlier: the log must "
+                                                    "still contain it (catches lines cut off the end); default: the "
+                                                    "head file beside the log, if any")) -> None:
+    """Check every entry's MAC and the chain. Exit 0 when intact, 1 naming the first broken line."""
+    from gate.serve.audit import AuditError, head_path, open_audit_key, read_head, verify_audit_log
 
     try:
-        result = verify_audit_log(log, head)
+        secret = open_audit_key(key if key is not None else log.with_name("audit.key"), create=False)
+        against = head
+        if against is None and log.is_file():
+            against = read_head(log)
+        result = verify_audit_log(log, secret, against)
     except AuditError as exc:
         err.print(f"gate: refused: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    out.print(f"intact: {log}: {result.entries} entries, head {result.head}", highlight=False, soft_wrap=True)
+    except GateError as exc:
+        fail(exc)
+    origin = "" if against is None else (" (contains the given head)" if head else f" (contains the head in "
+                                                                                    f"{head_path(log)})")
+    out.print(f"intact: {log}: {result.entries} entries, head {result.head}{origin}", highlight=False,
+              soft_wrap=True)
 
 
 @app.command()

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from gate.cli import app
 from gate.serve.audit import GENESIS, AuditError, AuditLog, verify_audit_log
+
+KEY = bytes(range(32))  # the audit key (tests/security/test_audit_keyed.py: its file, and forgery without it)
 from gate.serve.jobstore import JobStore, Replay
 from gate.serve.service import ServiceSettings, handle_delivery
 from gate.serve.signature import DeliveryRejected, sign, verify_delivery
@@ -78,7 +80,7 @@ def test_signed_garbage_is_a_bad_request():
 
 
 def _log_with(tmp_path, n=5):
-    log = AuditLog(tmp_path / "audit.jsonl")
+    log = AuditLog(tmp_path / "audit.jsonl", KEY)
     for i in range(n):
         log.append("test.event", i=i, note="é")
     return log
@@ -89,9 +91,9 @@ def test_the_audit_chain_verifies_and_links_every_entry(tmp_path):
     entries = log.entries()
     assert [e["seq"] for e in entries] == list(range(5))
     assert entries[0]["prev"] == GENESIS
-    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:]))
-    head = verify_audit_log(log.path, expected_head=entries[2]["hash"])
-    assert (head.entries, head.head) == (5, entries[-1]["hash"])
+    assert all(b["prev"] == a["mac"] for a, b in zip(entries, entries[1:]))
+    head = verify_audit_log(log.path, KEY, expected_head=entries[2]["mac"])
+    assert (head.entries, head.head) == (5, entries[-1]["mac"])
 
 
 @pytest.mark.parametrize("edit, needle", [
@@ -106,16 +108,16 @@ def test_every_kind_of_edit_is_caught_at_its_line(tmp_path, edit, needle):
     lines = log.path.read_bytes().splitlines()
     log.path.write_bytes(b"\n".join(edit(lines)) + b"\n")
     with pytest.raises(AuditError, match=needle):
-        verify_audit_log(log.path)
+        verify_audit_log(log.path, KEY)
 
 
 def test_a_rewritten_chain_or_a_cut_tail_is_caught_by_a_recorded_head(tmp_path):
     log = _log_with(tmp_path)
-    head = log.entries()[-1]["hash"]
+    head = log.entries()[-1]["mac"]
     log.path.write_bytes(b"\n".join(log.path.read_bytes().splitlines()[:3]) + b"\n")
-    assert verify_audit_log(log.path).entries == 3  # a shorter chain is still a chain ...
+    assert verify_audit_log(log.path, KEY).entries == 3  # a shorter chain is still a chain ...
     with pytest.raises(AuditError, match="cut off the end"):  # ... which the recorded head exposes
-        verify_audit_log(log.path, expected_head=head)
+        verify_audit_log(log.path, KEY, expected_head=head)
 
 
 def test_a_torn_last_line_is_refused_and_not_appended_to(tmp_path):
@@ -123,7 +125,7 @@ def test_a_torn_last_line_is_refused_and_not_appended_to(tmp_path):
     with open(log.path, "ab") as fh:
         fh.write(b'{"seq": 2, "ti')
     with pytest.raises(AuditError, match="incomplete"):
-        verify_audit_log(log.path)
+        verify_audit_log(log.path, KEY)
     with pytest.raises(AuditError, match="incomplete"):
         log.append("after.crash")
 
@@ -131,19 +133,23 @@ def test_a_torn_last_line_is_refused_and_not_appended_to(tmp_path):
 def test_concurrent_appends_keep_one_chain(tmp_path):
     import threading
 
-    log = AuditLog(tmp_path / "audit.jsonl")
+    log = AuditLog(tmp_path / "audit.jsonl", KEY)
     threads = [threading.Thread(target=lambda k=k: [log.append("t", k=k, j=j) for j in range(20)]) for k in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert verify_audit_log(log.path).entries == 120
+    assert verify_audit_log(log.path, KEY).entries == 120
 
 
 def test_gate_audit_verify_cli(tmp_path):
-    log = _log_with(tmp_path)
+    from gate.serve.audit import open_audit_key
+
+    log = AuditLog(tmp_path / "audit.jsonl", open_audit_key(tmp_path / "audit.key", create=True))
+    for i in range(5):
+        log.append("test.event", i=i)
     runner = CliRunner()
-    ok = runner.invoke(app, ["audit", "verify", str(log.path)])
+    ok = runner.invoke(app, ["audit", "verify", str(log.path)])  # the key beside the log by default
     assert ok.exit_code == 0 and "5 entries" in ok.output
     lines = log.path.read_bytes().splitlines()
     log.path.write_bytes(b"\n".join(lines[:1] + lines[2:]) + b"\n")
@@ -151,6 +157,8 @@ def test_gate_audit_verify_cli(tmp_path):
     assert bad.exit_code == 1 and "line 2: chain broken" in bad.output
     missing = runner.invoke(app, ["audit", "verify", str(tmp_path / "absent.jsonl")])
     assert missing.exit_code == 1 and "no such audit log" in missing.output
+    no_key = runner.invoke(app, ["audit", "verify", str(log.path), "--key", str(tmp_path / "absent.key")])
+    assert no_key.exit_code == 2 and "no audit key" in no_key.output
 
 
 def test_one_validation_job_per_version_whatever_the_deliveries(tmp_path):
@@ -196,7 +204,7 @@ def test_alias_checks_are_not_stacked_while_one_is_queued(tmp_path):
 
 
 def test_handle_delivery_records_queues_and_audits(tmp_path):
-    store, audit = JobStore(tmp_path / "s.sqlite"), AuditLog(tmp_path / "audit.jsonl")
+    store, audit = JobStore(tmp_path / "s.sqlite"), AuditLog(tmp_path / "audit.jsonl", KEY)
     settings = ServiceSettings(secret=SECRET, protected_aliases=frozenset({"champion"}))
     now = time.time()
     created = handle_delivery(settings, store, audit, *delivery(delivery_id="1"), now)
@@ -218,13 +226,13 @@ def test_handle_delivery_records_queues_and_audits(tmp_path):
                                       "delivery.rejected", "delivery.accepted", "delivery.accepted"]
     assert "replay" in events[2][1] and "bad signature" in events[3][1]
     assert [j.kind for j in store.jobs()] == ["validate", "alias"]
-    verify_audit_log(audit.path)
+    verify_audit_log(audit.path, KEY)
 
 
 def _dispatch(tmp_path, validate, max_attempts=3):
     from gate.serve.service import Dispatcher
 
-    store, audit = JobStore(tmp_path / "s.sqlite"), AuditLog(tmp_path / "audit.jsonl")
+    store, audit = JobStore(tmp_path / "s.sqlite"), AuditLog(tmp_path / "audit.jsonl", KEY)
     store.accept("d", time.time(), 300, "validate", "gen", "1")
     dispatcher = Dispatcher(store, audit, 1, validate, check_alias=None, max_attempts=max_attempts, backoff_s=0.01)
     dispatcher.start()
@@ -301,6 +309,9 @@ def test_serve_refuses_a_port_in_use_and_a_broken_audit_log_with_one_line(tmp_pa
     assert not (tmp_path / "state" / "audit.jsonl").exists()  # nothing recorded for a start that never was
 
     log = _log_with(tmp_path / "state")
+    key_file = tmp_path / "state" / "audit.key"
+    key_file.write_text(KEY.hex() + "\n")
+    key_file.chmod(0o600)
     lines = log.path.read_bytes().splitlines()
     log.path.write_bytes(b"\n".join(lines[:1] + lines[2:]) + b"\n")
     res = _serve(tmp_path, "--port", 0, env={"GATE_WEBHOOK_SECRET": SECRET})

@@ -22,7 +22,7 @@ from gate import attestation as A
 from gate.cli import app
 from gate.generator import log_generator
 from gate.local_server import LocalGateService, webhook_delivery_env
-from gate.serve.audit import verify_audit_log
+from gate.serve.audit import open_audit_key, read_head, verify_audit_log
 from gate.serve.signature import sign
 from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
 
@@ -164,7 +164,9 @@ def test_the_service_validates_ten_versions_created_at_once_exactly_once_across_
     assert service.events("service.stopped")
     if not service.events("validation.finished", version=fresh):
         assert service.events("validation.interrupted", version=fresh)
-    head = verify_audit_log(service.audit.path)
+    head = verify_audit_log(service.audit.path, open_audit_key(service.root / "state" / "audit.key", create=False))
+    # the head is published at stop: in the service's own log and beside the audit log
+    assert read_head(service.audit.path) == head.head and f"audit head {head.head}" in service.log_tail
     res = CliRunner().invoke(app, ["audit", "verify", str(service.audit.path), "--head", head.head])
     assert res.exit_code == 0 and f"{head.entries} entries" in res.output
 

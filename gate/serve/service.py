@@ -3,13 +3,17 @@ protected aliases back when they land on unattested versions. Every decision goe
 
 Deliveries are verified, persisted and acknowledged quickly (202); the work runs in a bounded pool of
 worker threads, each driving one ``gate validate`` child process, plus one thread for alias checks (so
-that a queue of long validations never delays putting an alias back).
+that a queue of long validations never delays putting an alias back). Anyone who can reach the port can
+send a delivery, so what a refused one costs is bounded before the signature is checked: its body (by
+Content-Length, then by what is read), its time, and its audit lines (:mod:`gate.serve.rejections`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
+import math
 import os
 import signal
 import subprocess
@@ -24,7 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from gate.serve.audit import AuditLog
 from gate.serve.jobstore import Job, JobStore, Replay
-from gate.serve.signature import DeliveryRejected, verify_delivery
+from gate.serve.rejections import Rejections, printable
+from gate.serve.signature import DELIVERY_HEADER, DeliveryRejected, verify_delivery
 
 WEBHOOK_PATH = "/mlflow/webhook"
 
@@ -37,6 +42,12 @@ class ServiceSettings:
     tolerance_s: float = 300.0
     workers: int = 2
     max_attempts: int = 3  # restarts a job may be interrupted by before it is recorded as an error
+    # MLflow's webhook payloads are a few hundred bytes; a body is refused past this before it is verified
+    max_body_bytes: int = 1 << 20
+    body_timeout_s: float = 10.0  # to receive a whole body (a trickled one holds a connection)
+    reject_burst: int = 20  # refusals a remote may earn before it is answered 429 ...
+    reject_per_s: float = 0.5  # ... refilled at this rate
+    reject_window_s: float = 60.0  # refusals beyond the first of each kind are counted per window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +56,20 @@ class Answer:
     body: dict[str, Any]
 
 
+def _delivery_id(headers) -> str:
+    return printable({k.lower(): v for k, v in headers.items()}.get(DELIVERY_HEADER, ""))
+
+
 def handle_delivery(settings: ServiceSettings, store: JobStore, audit: AuditLog, headers, body: bytes,
-                    now: float, remote: str = "") -> Answer:
+                    now: float, remote: str = "", rejections: Rejections | None = None) -> Answer:
     """Verify, record and queue one delivery. 2xx only once it is durably recorded; 4xx for deliveries to
-    refuse (MLflow does not retry those); 503 when the state cannot be written (MLflow retries)."""
+    refuse (MLflow does not retry those); 503 when the state cannot be written (MLflow retries). Refusals
+    go to ``rejections`` (coalesced); without one, each is recorded in full."""
+    rejections = rejections or Rejections(audit, window_s=0.0)
     try:
         d = verify_delivery(settings.secret, headers, body, now, settings.tolerance_s)
     except DeliveryRejected as exc:
-        audit.append("delivery.rejected", reason=str(exc), remote=remote,
-                     delivery_id=str({k.lower(): v for k, v in headers.items()}.get("x-mlflow-delivery-id", ""))[:64])
+        rejections.record(exc.kind, now, remote, reason=str(exc), delivery_id=_delivery_id(headers))
         return Answer(exc.status, {"error": str(exc)})
     name, version, alias = (str(d.data[k]) if d.data.get(k) is not None else None for k in ("name", "version", "alias"))
     kind = None
@@ -69,8 +85,8 @@ def handle_delivery(settings: ServiceSettings, store: JobStore, audit: AuditLog,
         acc = store.accept(d.delivery_id, now, settings.tolerance_s, kind, name,
                            version if kind == "validate" else None, alias if kind == "alias" else None)
     except Replay:
-        audit.append("delivery.rejected", reason="replay: this delivery id was already accepted",
-                     delivery_id=d.delivery_id, event=d.event, remote=remote)
+        rejections.record("replay", now, remote, reason="replay: this delivery id was already accepted",
+                          delivery_id=printable(d.delivery_id), event=printable(d.event))
         return Answer(409, {"error": "replayed delivery"})
     except Exception as exc:  # noqa: BLE001 - unrecorded: let MLflow retry rather than lose the event
         reason = f"state store unavailable: {type(exc).__name__}: {str(exc)[:200]}"
@@ -190,15 +206,57 @@ class Dispatcher:
                           restored=d.restored, reason=d.reason)
 
 
-def create_app(settings: ServiceSettings, store: JobStore, audit: AuditLog, dispatcher: Dispatcher) -> FastAPI:
+async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
+    """The raw body (the signature covers it exactly), refused past ``cap`` bytes: by Content-Length before
+    anything is read, else as soon as the stream passes it (a chunked body has no length to check)."""
+    length = request.headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise DeliveryRejected("Content-Length is not a byte count", 400, "length")
+    if length is not None and int(length) > cap:
+        raise DeliveryRejected(f"body of {printable(length, 24)} bytes is over the {cap}-byte limit "
+                               f"(--max-body-bytes)", 413, "oversized")
+
+    async def capped() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise DeliveryRejected(f"body over the {cap}-byte limit (--max-body-bytes); reading stopped",
+                                       413, "oversized")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(capped(), timeout_s)
+    except asyncio.TimeoutError:
+        raise DeliveryRejected(f"body not received within {timeout_s:.0f} s", 408, "slow") from None
+
+
+def create_app(settings: ServiceSettings, store: JobStore, audit: AuditLog, dispatcher: Dispatcher,
+               rejections: Rejections | None = None) -> FastAPI:
     app = FastAPI(title="gate webhook receiver", docs_url=None, redoc_url=None, openapi_url=None)
+    rejections = rejections or rejections_for(settings, audit)
 
     @app.post(WEBHOOK_PATH)
     async def receive(request: Request):
-        body = await request.body()  # the raw bytes: the signature covers them exactly
         remote = request.client.host if request.client else ""
+        now = time.time()
+        wait = rejections.admit(remote, now)  # before the body: a remote that keeps sending refusals costs nothing
+        if wait is not None:
+            await run_in_threadpool(rejections.record, "rate_limited", now, remote,
+                                    reason="too many refused deliveries from this address",
+                                    delivery_id=_delivery_id(request.headers))
+            return JSONResponse({"error": "too many refused deliveries from this address"}, status_code=429,
+                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        try:
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        except DeliveryRejected as exc:
+            await run_in_threadpool(rejections.record, exc.kind, now, remote, reason=str(exc),
+                                    delivery_id=_delivery_id(request.headers))
+            # the connection is closed: the rest of an oversized body is never read
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers={"Connection": "close"})
         answer = await run_in_threadpool(handle_delivery, settings, store, audit, dict(request.headers), body,
-                                         time.time(), remote)
+                                         now, remote, rejections)
         if answer.status == 202 and answer.body["decision"].startswith("queued"):
             dispatcher.notify(answer.body["kind"])
         return JSONResponse(answer.body, status_code=answer.status)
@@ -209,6 +267,10 @@ def create_app(settings: ServiceSettings, store: JobStore, audit: AuditLog, disp
         return {"status": "ok", "jobs": counts, "time": dt.datetime.now(dt.timezone.utc).isoformat()}
 
     return app
+
+
+def rejections_for(settings: ServiceSettings, audit: AuditLog) -> Rejections:
+    return Rejections(audit, settings.reject_burst, settings.reject_per_s, settings.reject_window_s)
 
 
 def job_counts_text(counts: dict[str, int]) -> str:
@@ -244,6 +306,10 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8808
     job_timeout_s: float = 3600.0
+    # kept apart from the state folder where possible: the validation children are never given its path
+    audit_key_file: Path | None = None  # default: STATE/audit.key, created (mode 600) with the log
+    child_env: tuple[str, ...] = ()  # further environment variables the validation children need
+    max_connections: int = 64  # requests handled at once; beyond, 503 (MLflow retries)
 
 
 def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
@@ -257,7 +323,8 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
     from gate.policy import load_policy
     from gate.registry import check_reachable
     from gate.serve.alias_watch import attestation_problem, reconcile_alias
-    from gate.serve.audit import AuditError, verify_audit_log
+    from gate.serve.audit import (AuditError, key_id as audit_key_id, open_audit_key, read_head, unkeyed_format,
+                                 verify_audit_log)
     from gate.serve.validation_job import ValidationSettings, run_validation
     from gate.validators import discover
 
@@ -276,13 +343,23 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
             "server's REST API, so nothing will arrive")
     _check_can_listen(opts.host, opts.port)
     store_path, audit_path, reports = state_paths(opts.state_dir)
-    if audit_path.exists():
-        try:
-            head = verify_audit_log(audit_path)
-        except AuditError as exc:
-            raise ConfigError(f"refusing to start on a broken audit log: {exc}") from None
-        log(f"audit log {audit_path}: {head.entries} entries, chain intact, head {head.head}")
-    store, audit = JobStore(store_path), AuditLog(audit_path)
+    if audit_path.exists() and unkeyed_format(audit_path):
+        raise ConfigError(f"refusing to start on an unkeyed audit log: {audit_path} is in the format before keyed "
+                          f"entries (anyone could recompute its chain); move it aside as an archive and start again: "
+                          f"a new keyed log and key are created")
+    # a new key only for a new log: a log whose key is lost can no longer be verified, so that is refused
+    audit_key = open_audit_key(opts.audit_key_file or opts.state_dir / "audit.key", create=not audit_path.exists())
+    try:
+        published = read_head(audit_path)
+        if audit_path.exists():
+            head = verify_audit_log(audit_path, audit_key, published)
+            log(f"audit log {audit_path}: {head.entries} entries, every MAC and link intact, head {head.head}"
+                + (" (contains the published head)" if published else ""))
+        elif published:
+            raise AuditError(f"{audit_path}: missing, but its head file says it had entries (the log was removed)")
+    except AuditError as exc:
+        raise ConfigError(f"refusing to start on a broken audit log: {exc}") from None
+    store, audit = JobStore(store_path), AuditLog(audit_path, audit_key)
     requeued, given_up = store.recover_interrupted(opts.settings.max_attempts)
     for j in given_up:
         audit.append("validation.error", job=j.id, name=j.name, version=j.version, alias=j.alias,
@@ -292,10 +369,13 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
     started = audit.append("service.started", gate_version=__version__, policy=str(opts.policy),
                            policy_sha256=policy.sha256, tracking_uri=opts.tracking_uri, workers=opts.settings.workers,
                            protected_aliases=sorted(opts.settings.protected_aliases),
-                           models=sorted(opts.settings.model_names) or "all", trusted_key=key_id(public_key))
+                           models=sorted(opts.settings.model_names) or "all", trusted_key=key_id(public_key),
+                           audit_key=audit_key_id(audit_key), max_body_bytes=opts.settings.max_body_bytes)
+    publish_head(audit, started, log)
 
     vs = ValidationSettings(opts.policy.resolve(), opts.tracking_uri, opts.signing_key.resolve(), reports,
-                            opts.job_timeout_s, Path.cwd(), max(1, (os.cpu_count() or 1) // opts.settings.workers))
+                            opts.job_timeout_s, Path.cwd(), max(1, (os.cpu_count() or 1) // opts.settings.workers),
+                            extra_env=opts.child_env)
 
     def problem_of(name: str, version: str) -> str | None:
         return attestation_problem(opts.tracking_uri, public_key, max_age, name, version)
@@ -305,17 +385,39 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
         validate=lambda job, stopping, on_start: run_validation(vs, job.name, job.version, stopping, on_start),
         check_alias=lambda job: reconcile_alias(opts.tracking_uri, job.name, job.alias, problem_of,
                                                 store.approved_holder(job.name, job.alias)))
-    server = uvicorn.Server(uvicorn.Config(create_app(opts.settings, store, audit, dispatcher), host=opts.host,
-                                           port=opts.port, log_level="warning", access_log=False))
+    rejections = rejections_for(opts.settings, audit)
+    server = uvicorn.Server(uvicorn.Config(create_app(opts.settings, store, audit, dispatcher, rejections),
+                                           host=opts.host, port=opts.port, log_level="warning", access_log=False,
+                                           limit_concurrency=opts.max_connections))
     # uvicorn re-raises the stop signal once it has shut down, to the handlers found at start: these
     # ones let the queue be put back and the stop be recorded before the process ends
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     dispatcher.start()
+    ticking = threading.Event()
+    ticker = threading.Thread(target=_close_windows, args=(rejections, ticking), name="gate-rejections", daemon=True)
+    ticker.start()
     log(f"gate serve: http://{opts.host}:{opts.port}{WEBHOOK_PATH} · {opts.settings.workers} workers · "
-        f"{job_counts_text(store.counts())} · audit head {started['hash']}")
+        f"{job_counts_text(store.counts())}")
     try:
         server.run()
     finally:
         dispatcher.stop()
-        audit.append("service.stopped", jobs=store.counts())
+        ticking.set()
+        rejections.flush(time.time(), force=True)
+        publish_head(audit, audit.append("service.stopped", jobs=store.counts()), log)
+
+
+def publish_head(audit: AuditLog, entry: dict[str, Any], log: Callable[[str], None]) -> None:
+    """The head at start and stop, in the service's log (kept by whoever runs it: journald, CI) and in
+    ``audit.head`` beside the log (checked at the next start, and by ``gate audit verify``)."""
+    from gate.serve.audit import write_head
+
+    write_head(audit.path, entry["mac"], entry["seq"] + 1, entry["event"])
+    log(f"audit head {entry['mac']} ({entry['seq'] + 1} entries, {entry['event']})")
+
+
+def _close_windows(rejections: Rejections, stop: threading.Event) -> None:
+    """Write a window's summary of refusals soon after it ends, even if no further refusal comes."""
+    while not stop.wait(max(1.0, rejections.window_s / 4)):
+        rejections.flush(time.time())

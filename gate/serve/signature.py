@@ -22,11 +22,11 @@ TIMESTAMP_HEADER = "x-mlflow-timestamp"
 
 class DeliveryRejected(Exception):
     """The delivery is not to be trusted or not understood; ``status`` is the HTTP answer (4xx, so that
-    MLflow does not retry it)."""
+    MLflow does not retry it), ``kind`` a short fixed name for the reason (refusals are counted by it)."""
 
-    def __init__(self, reason: str, status: int = 401) -> None:
+    def __init__(self, reason: str, status: int = 401, kind: str = "signature") -> None:
         super().__init__(reason)
-        self.status = status
+        self.status, self.kind = status, kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +49,21 @@ def verify_delivery(secret: str, headers: Mapping[str, str], body: bytes, now: f
     h = {k.lower(): v for k, v in headers.items()}
     signatures, delivery_id, ts = (h.get(k, "") for k in (SIGNATURE_HEADER, DELIVERY_HEADER, TIMESTAMP_HEADER))
     if not signatures:
-        raise DeliveryRejected("unsigned delivery (no X-MLflow-Signature): create the webhook with a secret")
+        raise DeliveryRejected("unsigned delivery (no X-MLflow-Signature): create the webhook with a secret",
+                               kind="unsigned")
     if not delivery_id or not ts:
-        raise DeliveryRejected("missing X-MLflow-Delivery-Id or X-MLflow-Timestamp")
+        raise DeliveryRejected("missing X-MLflow-Delivery-Id or X-MLflow-Timestamp", kind="headers")
     try:
         timestamp = int(ts)
     except ValueError:
-        raise DeliveryRejected(f"X-MLflow-Timestamp {ts[:40]!r} is not unix seconds") from None
+        raise DeliveryRejected(f"X-MLflow-Timestamp {ts[:40]!r} is not unix seconds", kind="timestamp") from None
     # the signature first: an unauthenticated sender learns nothing about the clock window
     expected = sign(secret, delivery_id, ts, body)
     if not any(hmac.compare_digest(s.strip(), expected) for s in signatures.split(" ") if s.startswith("v1,")):
         raise DeliveryRejected("bad signature (wrong secret, or the body was altered)")
     if abs(now - timestamp) > tolerance_s:
         raise DeliveryRejected(f"stale delivery: timestamp {timestamp} is {abs(now - timestamp):.0f} s from now "
-                               f"(tolerance {tolerance_s:.0f} s)")
+                               f"(tolerance {tolerance_s:.0f} s)", kind="stale")
     try:
         payload = json.loads(body)
         event = f"{payload['entity']}.{payload['action']}"
@@ -70,5 +71,6 @@ def verify_delivery(secret: str, headers: Mapping[str, str], body: bytes, now: f
         if not isinstance(data, dict):
             raise TypeError("data is not an object")
     except (ValueError, KeyError, TypeError) as exc:
-        raise DeliveryRejected(f"payload is not an MLflow webhook event ({type(exc).__name__}: {exc})", 400) from None
+        raise DeliveryRejected(f"payload is not an MLflow webhook event ({type(exc).__name__}: {str(exc)[:80]})", 400,
+                               "payload") from None
     return Delivery(delivery_id, timestamp, event, data)

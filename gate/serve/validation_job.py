@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from gate.registry import client_for
 
@@ -31,6 +31,7 @@ class ValidationSettings:
     timeout_s: float
     workdir: Path  # the child's working directory (its .gate/cache is shared by all jobs)
     threads: int = 1  # CPU threads per validation: cores / workers, so that parallel jobs do not thrash
+    extra_env: tuple[str, ...] = ()  # further variable names passed through (``gate serve --child-env``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,35 @@ class ValidationOutcome:
 
 
 PARENT_PID_ENV = "GATE_SERVE_PARENT_PID"
+
+# What a validation child is given of the service's environment: what a process needs to run (paths,
+# locale, temporary folder), thread counts, and the MLflow client's and artifact stores' own settings
+# (it reads the version and writes its tags, like any MLflow client). Nothing else: the service's
+# environment holds its secrets (GATE_WEBHOOK_SECRET; GATE_SIGNING_KEY, which the child gets by path in
+# its argv instead), and anything not named here stays with the service.
+CHILD_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "LD_LIBRARY_PATH",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE",
+    "XDG_CACHE_HOME", "TORCH_HOME", "HF_HOME",
+})
+CHILD_ENV_PREFIXES = ("LC_", "MLFLOW_", "AWS_", "AZURE_", "GOOGLE_", "nnUNet_")
+# never passed, whatever the operator names: gate's own variables are its keys and secrets
+CHILD_ENV_DENIED_PREFIX = "GATE_"
+# an MLflow server's own secrets, should the service share its host's environment
+CHILD_ENV_DENIED = frozenset({"MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY"})
+
+
+def check_child_env_names(names: tuple[str, ...]) -> None:
+    """``gate serve --child-env``: :class:`ConfigError` for a name the children must never get."""
+    from gate.errors import ConfigError
+
+    for name in names:
+        if (name.upper().startswith(CHILD_ENV_DENIED_PREFIX) or name in CHILD_ENV_DENIED
+                or not name.replace("_", "").isalnum()):
+            raise ConfigError(f"--child-env {name[:64]!r}: not passed to validations (gate's own variables hold "
+                              f"its secrets; names are letters, digits and _)")
 
 
 def die_with_parent() -> None:
@@ -73,11 +103,15 @@ def _error_line(stderr: str) -> str:
     return (errors[:1] or lines[-1:] or ["(no output)"])[0][:500]  # a message's first line says what failed
 
 
-def child_env(threads: int) -> dict[str, str]:
-    """The service's environment, with thread pools sized for one job (an operator's own settings win)."""
-    env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
+def child_env(threads: int, extra: tuple[str, ...] = (), environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """An allow-listed copy of the service's environment (:data:`CHILD_ENV`, plus ``extra`` names), with
+    thread pools sized for one job (an operator's own settings win) and the parent-death marker."""
+    env = {k: v for k, v in environ.items()
+           if (k in CHILD_ENV or k.startswith(CHILD_ENV_PREFIXES) or k in extra)
+           and not k.upper().startswith(CHILD_ENV_DENIED_PREFIX) and k not in CHILD_ENV_DENIED}
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(key, str(threads))
+    env[PARENT_PID_ENV] = str(os.getpid())
     return env
 
 
@@ -102,7 +136,7 @@ def run_validation(s: ValidationSettings, name: str, version: str, is_stopping: 
            "--signing-key", str(s.signing_key)]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=s.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=child_env(s.threads))
+                            start_new_session=True, env=child_env(s.threads, s.extra_env))
     started(proc)
     try:
         _stdout, stderr = proc.communicate(timeout=s.timeout_s)
