@@ -225,6 +225,9 @@ def serve(policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt,
                                             "second"),
           child_env: list[str] = typer.Option([], "--child-env", help="an environment variable the validations "
                                               "also need (gate's own GATE_* never pass)"),
+          guard_key_file: Optional[Path] = typer.Option(None, "--guard-key-file", help="the key shared with the "
+                                                        "gate-guard plugin (GATE_GUARD_SERVICE_KEY_FILE): the "
+                                                        "service's alias removals pass the guard"),
           ) -> None:
     """Receive MLflow webhooks: validate every new model version, put protected aliases back when they
     land on unattested versions, log every decision to a keyed, chained audit log."""
@@ -247,7 +250,8 @@ def serve(policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt,
     try:
         check_child_env_names(tuple(child_env))
         run_service(ServeOptions(policy, resolve_tracking_uri(tracking_uri), signing_key, state_dir, settings,
-                                 public_key, host, port, job_timeout_s, audit_key_file, tuple(child_env)),
+                                 public_key, host, port, job_timeout_s, audit_key_file, tuple(child_env),
+                                 guard_key_file),
                     log=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
     except GateError as exc:
         fail(exc)

@@ -309,6 +309,7 @@ class ServeOptions:
     # kept apart from the state folder where possible: the validation children are never given its path
     audit_key_file: Path | None = None  # default: STATE/audit.key, created (mode 600) with the log
     child_env: tuple[str, ...] = ()  # further environment variables the validation children need
+    guard_key_file: Path | None = None  # shared with gate-guard: lets the service take a protected alias away
     max_connections: int = 64  # requests handled at once; beyond, 503 (MLflow retries)
 
 
@@ -359,6 +360,11 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
             raise AuditError(f"{audit_path}: missing, but its head file says it had entries (the log was removed)")
     except AuditError as exc:
         raise ConfigError(f"refusing to start on a broken audit log: {exc}") from None
+    service_key = None
+    if opts.guard_key_file is not None:
+        from gate.service_auth import load_service_key
+
+        service_key = load_service_key(opts.guard_key_file)
     store, audit = JobStore(store_path), AuditLog(audit_path, audit_key)
     requeued, given_up = store.recover_interrupted(opts.settings.max_attempts)
     for j in given_up:
@@ -384,7 +390,7 @@ def run_service(opts: ServeOptions, log: Callable[[str], None] = print) -> None:
         store, audit, opts.settings.workers, max_attempts=opts.settings.max_attempts,
         validate=lambda job, stopping, on_start: run_validation(vs, job.name, job.version, stopping, on_start),
         check_alias=lambda job: reconcile_alias(opts.tracking_uri, job.name, job.alias, problem_of,
-                                                store.approved_holder(job.name, job.alias)))
+                                                store.approved_holder(job.name, job.alias), service_key))
     rejections = rejections_for(opts.settings, audit)
     server = uvicorn.Server(uvicorn.Config(create_app(opts.settings, store, audit, dispatcher, rejections),
                                            host=opts.host, port=opts.port, log_level="warning", access_log=False,
