@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 import typer
 from rich.console import Console
 
-from gate.errors import GateError, InputError
+from gate.errors import ExitCode, GateError, InputError, Refusal
 
 COMMANDS_GROUP = "gate.commands"
 DEFAULT_POLICY = Path("policies/default.yaml")
@@ -48,10 +48,16 @@ def progress_bars(quiet: bool) -> Iterator[Callable[[str, int], Callable[[int], 
         yield factory
 
 
-def fail(exc: GateError) -> None:
+def fail_line(exc: GateError) -> None:
+    """One line: refusals say ``refused``, everything else ``error``."""
+    kind = "refused" if isinstance(exc, Refusal) else "error"
     lines = str(exc).splitlines() or [type(exc).__name__]
     for line in lines:
-        err.print(f"gate: error: {line}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"gate: {kind}: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def fail(exc: GateError) -> None:
+    fail_line(exc)
     raise typer.Exit(int(exc.exit_code))
 
 
@@ -81,14 +87,53 @@ SigningKeyOpt = typer.Option(None, "--signing-key", envvar="GATE_SIGNING_KEY",
                              help="Ed25519 private key (gate keygen): sign the result as an attestation")
 
 
+def crash(exc: BaseException, folder: Path | None) -> None:
+    """An unexpected exception: exit 3 with the traceback kept in a crash log (beside the report when
+    there is one), and one line saying where. Never exit 1, which means "blocked"."""
+    import datetime as dt
+    import tempfile
+    import traceback
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    text = "".join(traceback.format_exception(exc))
+    log = None
+    for where in ([folder] if folder else []) + [Path(tempfile.gettempdir())]:
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            log = where / f"gate-crash-{stamp}-{os.getpid()}.log"
+            log.write_text(text, encoding="utf-8")
+            break
+        except OSError:
+            log = None
+    first = "".join(c if c.isprintable() else "?" for c in (str(exc).splitlines() or [""])[0])[:300]
+    err.print(f"gate: crash: {type(exc).__name__}: {first} (nothing was validated; traceback in "
+              f"{log or 'stderr'})", markup=False, highlight=False, soft_wrap=True)
+    if log is None:
+        err.print(text, markup=False, highlight=False)
+    raise typer.Exit(int(ExitCode.VALIDATOR_ERROR))
+
+
+def interrupted() -> None:
+    err.print("gate: interrupted (nothing was promoted)", markup=False, highlight=False)
+    raise typer.Exit(int(ExitCode.INTERRUPTED))
+
+
+def warn(message: str) -> None:
+    err.print(f"gate: warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _run(req, quiet: bool) -> None:
     from gate.workflow import validate
 
     try:
         with progress_bars(quiet) as progress:
-            result = validate(req, progress)
+            result = validate(req, progress, warn=warn)
     except GateError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        interrupted()
+    except Exception as exc:  # noqa: BLE001 - the one error boundary: a crash is exit 3, never "blocked"
+        crash(exc, Path(req.out))
     report_result(result, quiet)
     if req.promote_alias:
         if result.promoted:
@@ -331,16 +376,32 @@ def _load_plugin_commands() -> None:
 
 
 def main() -> None:
+    """The process's error boundary: bad input exit 2, refusals exit 1, a crash exit 3 with its
+    traceback in a crash log, ^C exit 130."""
     from gate.serve.validation_job import die_with_parent
 
     die_with_parent()  # a no-op unless started by `gate serve`
     _quiet_env()
     _load_plugin_commands()
     try:
-        app()
-    except GateError as exc:  # pragma: no cover - commands handle their own, this is the last line of defence
-        err.print(f"gate: error: {exc}", markup=False)
-        sys.exit(int(exc.exit_code))
+        code = app(standalone_mode=False)
+    except typer.Abort:  # click's name for ^C
+        code = int(ExitCode.INTERRUPTED)
+        err.print("gate: interrupted", markup=False, highlight=False)
+    except GateError as exc:
+        fail_line(exc)
+        code = int(exc.exit_code)
+    except KeyboardInterrupt:
+        code = int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # a usage error: click's own message and exit code (typer vendors click privately)
+            sys.exit(exc.exit_code)
+        try:
+            crash(exc, None)
+        except typer.Exit as e:
+            code = e.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def _manifest(s: ImageSet, folder: Path | None) -> DataManifest:
 
 def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dict | None = None,
         samples_dir: Path | None = None, candidate_folder: Path | None = None, mlflow_run_id: str | None = None,
-        tracking_uri: str | None = None, progress: ProgressFactory = _silent) -> Outcome:
+        tracking_uri: str | None = None, progress: ProgressFactory = _silent, isolation: str | None = None,
+        data_overrides: dict[str, str] | None = None) -> Outcome:
     started = now()
     check_same_size(inputs.train, candidate)
     spec = inputs.policy.model.spec
@@ -145,7 +146,8 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         libraries=library_versions(), seeds={"candidate": spec.candidate.seed,
                                              **{f"{c.id}.null_seed": getattr(c.params, "null_seed") for c in spec.checks
                                                 if hasattr(c.params, "null_seed")}},
-        started_at=started, finished_at=now(), mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri)
+        started_at=started, finished_at=now(), mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri,
+        isolation=isolation, data_overrides=data_overrides or {})
     report = Report(verdict=verdict, mode=spec.mode, blocking=enforce and verdict != "pass",
                     summary=_summary(verdict, results, spec.mode), checks=results, provenance=provenance,
                     gx_evidence="gx_validation.json" if evidence else None)

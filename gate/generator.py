@@ -16,7 +16,11 @@ The same input must give the same output. Register a generator with :func:`log_g
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -106,56 +110,109 @@ def log_generator(
     out_shape = (-1, 2, *example_shape) if mode == "paired" else (-1, *example_shape)
     signature = ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape)]))
     tags = {**(tags or {}), "gate.generator_mode": mode}
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    from gate.registry import scoped_mlflow_uri
+    from gate.recording import validation_experiment_id
 
-    with scoped_mlflow_uri(tracking_uri):  # log_model and register_model have no client argument
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"log-{registered_model_name}") as run, \
-                warnings.catch_warnings():
-            # the signature already states the contract; an input example would run the generator at log time
-            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-            info = mlflow.pyfunc.log_model(
-                name="generator", python_model=generator, artifacts=artifacts, signature=signature,
-                pip_requirements=pip_requirements or ["numpy", "pandas"],
-            )
-        mv = mlflow.register_model(info.model_uri, registered_model_name, tags=tags)
-    return client.get_model_version(registered_model_name, mv.version), run.info.run_id
+    exp_id = validation_experiment_id(client, tracking_uri, experiment)  # artifacts beside an embedded store
+    run = client.create_run(exp_id, run_name=f"log-{registered_model_name}")
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory(prefix="gate-log-") as tmp, warnings.catch_warnings(), \
+            _pickled_by_value(type(generator)):
+        # the signature already states the contract; an input example would run the generator at log time
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        path = Path(tmp) / "generator"
+        # save locally, then upload through the client: no process-wide tracking URI is ever set
+        mlflow.pyfunc.save_model(path, python_model=generator, artifacts=artifacts, signature=signature,
+                                 pip_requirements=pip_requirements or ["numpy", "pandas"])
+        client.log_artifacts(run_id, str(path), artifact_path="generator")
+    client.set_terminated(run_id)
+    try:
+        client.create_registered_model(registered_model_name)
+    except mlflow.exceptions.MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    mv = client.create_model_version(registered_model_name, f"{run.info.artifact_uri}/generator", run_id=run_id,
+                                     tags=tags)
+    return client.get_model_version(registered_model_name, mv.version), run_id
+
+
+@contextlib.contextmanager
+def _pickled_by_value(cls: type):
+    """Pickle the generator's class by value when its module is one the sampler cannot import (a script,
+    a test module, a notebook): the sandbox sees only the installed packages, never the folder the
+    generator was written in. Installed classes stay pickled by reference. cloudpickle keeps this
+    choice in a registry of its own, so it is undone on the way out."""
+    import cloudpickle
+
+    from gate.sandbox import python_roots
+
+    module = sys.modules.get(cls.__module__)
+    source = getattr(module, "__file__", None)
+    importable = source is not None and any(Path(source).resolve().is_relative_to(r) for r in python_roots())
+    if module is None or importable or cls.__module__ == "__main__":
+        yield
+        return
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
 
 
 def sample_generator(model, n: int, seed: int, batch_size: int, progress=lambda _n: None, *,
                      mode: str = "unconditional", condition_labels: np.ndarray | None = None) -> ImageSet:
-    """Draw ``n`` samples in batches of ``batch_size`` (batch ``b`` uses seed ``seed + b``) and check them.
-    In ``conditional`` mode ``condition_labels`` holds the ``n`` label maps to render."""
-    if mode == "conditional" and (condition_labels is None or len(condition_labels) != n):
-        raise InputError("conditional sampling needs one label map per sample")
-    batches, label_batches = [], []
+    """Draw ``n`` samples *in this process* from a trusted generator object (tests, plugins' own
+    benchmarks) in batches of ``batch_size`` (batch ``b`` uses seed ``seed + b``) and check them. A
+    registry candidate is never sampled this way: :func:`gate.sandbox.sample_in_sandbox` runs it."""
+    plan = _plan(mode, n, seed, batch_size, condition_labels)
+    raw = []
     for b, start in enumerate(range(0, n, batch_size)):
         k = min(batch_size, n - start)
-        label = f"generator batch {b}"
         try:
             if mode == "conditional":
                 given = np.ascontiguousarray(condition_labels[start:start + k], dtype=np.int64)
-                out = model.predict({"labels": given, "seed": np.array([seed + b], dtype=np.int64)})
+                raw.append(model.predict({"labels": given, "seed": np.array([seed + b], dtype=np.int64)}))
             else:
-                out = model.predict(pd.DataFrame({"n": [k], "seed": [seed + b]}))
+                raw.append(model.predict(pd.DataFrame({"n": [k], "seed": [seed + b]})))
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"generator failed on batch {b} (n={k}, seed={seed + b}): "
                              f"{type(exc).__name__}: {exc}") from None
-        if mode == "paired":
+        progress(k)
+    return assemble_samples(raw, plan, condition_labels)
+
+
+def _plan(mode: str, n: int, seed: int, batch_size: int, condition_labels: np.ndarray | None):
+    from gate.sandbox import SamplingPlan
+
+    if mode == "conditional" and (condition_labels is None or len(condition_labels) != n):
+        raise InputError("conditional sampling needs one label map per sample")
+    return SamplingPlan(mode, n, seed, batch_size)
+
+
+def assemble_samples(raw_batches: list[Any], plan, condition_labels: np.ndarray | None = None) -> ImageSet:
+    """Check each batch the generator returned against the contract (shape, dtype, count, range,
+    finiteness, label maps) and join them into the candidate set. This is the trusted side's entry
+    check: whatever the sandbox sent back is judged here."""
+    if len(raw_batches) != plan.batches:
+        raise InputError(f"the generator answered {len(raw_batches)} of {plan.batches} batches")
+    batches, label_batches = [], []
+    for b, out in enumerate(raw_batches):
+        start = b * plan.batch_size
+        k = min(plan.batch_size, plan.n - start)
+        label = f"generator batch {b}"
+        if plan.mode == "paired":
             images, labels = split_paired_output(out, k, label)
             label_batches.append(labels)
         else:
             images = check_generator_output(out, k, label=label)
-            if mode == "conditional":
+            if plan.mode == "conditional":
+                given = np.asarray(condition_labels[start:start + k], dtype=np.int64)
                 if images.shape[1:] != given.shape[1:]:
                     raise InputError(f"{label}: images are {images.shape[1:]} but the label maps given are "
                                      f"{given.shape[1:]}")
                 label_batches.append(given)
         batches.append(images)
-        progress(k)
     images = np.concatenate(batches)
-    ids = tuple(f"sample_{i:05d}" for i in range(n))
+    ids = tuple(f"sample_{i:05d}" for i in range(plan.n))
     labels = np.concatenate(label_batches) if label_batches else None
     return ImageSet(name="candidate", ids=ids, images=images, labels=labels)
 

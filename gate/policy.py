@@ -11,12 +11,17 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from ruamel.yaml import YAML
+from ruamel.yaml import events as yaml_events
 from ruamel.yaml.error import YAMLError
 
 from gate.errors import ConfigError
 from gate.validators import ValidatorRegistry
 
 API_VERSION = "gate/v1"
+#: a policy is a few KiB of hand-written YAML; anything this large is an attack or a mistake
+MAX_POLICY_BYTES = 256 * 1024
+#: mappings and sequences nested deeper than this are refused (the default policy nests 6 deep)
+MAX_POLICY_DEPTH = 32
 
 
 class Strict(BaseModel):
@@ -41,11 +46,19 @@ class CandidateSpec(Strict):
         4.0, ge=0, le=32, allow_inf_nan=False,
         description="conditional mode: smooth random displacement applied to each train label map first, so "
                     "that a faithful generator renders new anatomy rather than a training slice's (0: none)")
+    timeout_s: float = Field(600, gt=0, le=86400, allow_inf_nan=False,
+                             description="wall-clock limit for sampling the candidate (its process is killed after)")
+    max_memory_mb: int = Field(4096, ge=256, le=1_048_576,
+                               description="address-space limit of the sampling process, in MiB")
+    max_output_mb: int = Field(2048, ge=1, le=1_048_576,
+                               description="the most array data the generator may return, all batches together, MiB")
 
 
 class DataSpec(Strict):
     train: Path = Field(description="Folder of the generator's training images (memorization reference)")
     holdout: Path | None = Field(None, description="Folder of real images the generator never saw")
+    allow_overrides: bool = Field(False, description="let --train/--holdout replace these folders in a signed "
+                                                     "validation (they are recorded in the attestation either way)")
 
 
 class RuleBase(Strict):
@@ -183,13 +196,48 @@ def _loc_path(loc: tuple, doc: Any) -> tuple:
     return tuple(out)
 
 
-def load_policy(path: Path, registry: ValidatorRegistry) -> LoadedPolicy:
-    path = Path(path)
+def _read_bounded(path: Path) -> str:
+    """The policy's text, refused by its size before it is read (and while it is read: a FIFO or a file
+    that grows has no honest size)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_POLICY_BYTES:
+            raise ConfigError(f"{path}: policy file is {size} bytes, over the limit of {MAX_POLICY_BYTES}")
+        # text mode keeps the newline translation the policy digest has always been computed over
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read policy: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: policy is not UTF-8 text") from None
+    if len(text) > MAX_POLICY_BYTES:
+        raise ConfigError(f"{path}: policy file is over the limit of {MAX_POLICY_BYTES} bytes")
+    return text
+
+
+def _refuse_expansion(path: Path, text: str) -> None:
+    """Scan the event stream, which never composes nodes, so that nothing is expanded: an anchor or an
+    alias (a billion-laughs policy expands 831 bytes past 3 GB on composition) or a nesting deeper than
+    :data:`MAX_POLICY_DEPTH` is refused at its line. Stopping at the first offence also bounds the
+    scanner, whose look-ahead over deep flow nesting is otherwise quadratic."""
+    depth = 0
+    for event in YAML(typ="rt").parse(io.StringIO(text)):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml_events.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ConfigError(f"{path}:{line}: YAML anchors and aliases are not allowed in a policy")
+        if isinstance(event, (yaml_events.MappingStartEvent, yaml_events.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_POLICY_DEPTH:
+                raise ConfigError(f"{path}:{line}: policy nests deeper than the limit of {MAX_POLICY_DEPTH}")
+        elif isinstance(event, (yaml_events.MappingEndEvent, yaml_events.SequenceEndEvent)):
+            depth -= 1
+
+
+def load_policy(path: Path, registry: ValidatorRegistry) -> LoadedPolicy:
+    path = Path(path)
+    text = _read_bounded(path)
     try:
+        _refuse_expansion(path, text)
         doc = YAML(typ="rt").load(io.StringIO(text))
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Iterator
 
 from gate.errors import InputError
 
@@ -41,6 +39,9 @@ class ModelRef:
     run_id: str | None
     uri: str  # as the user gave it
     generator_mode: str | None = None  # the version's gate.generator_mode tag (set by log_generator)
+    #: the registry's record of the version, which a re-created or renamed-in version does not share
+    creation_timestamp: int | None = None
+    workspace: str | None = None
 
     @property
     def version_uri(self) -> str:
@@ -66,42 +67,28 @@ def resolve_model(uri: str, tracking_uri: str) -> ModelRef:
     except Exception as exc:  # noqa: BLE001 - mlflow raises several types for these
         raise InputError(f"{uri}: {_mlflow_reason(exc, tracking_uri)}") from None
     return ModelRef(name=mv.name, version=str(mv.version), source=mv.source, run_id=mv.run_id, uri=uri,
-                    generator_mode=(mv.tags or {}).get("gate.generator_mode"))
+                    generator_mode=(mv.tags or {}).get("gate.generator_mode"),
+                    creation_timestamp=mv.creation_timestamp, workspace=getattr(mv, "workspace", None))
 
 
-@contextlib.contextmanager
-def scoped_mlflow_uri(tracking_uri: str) -> Iterator[None]:
-    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for the calls that take
-    no client (``pyfunc.load_model``, ``log_model``, ``register_model``), then restore exactly what was
-    there, environment included: ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``, which
-    would otherwise leak into every later subprocess."""
+def download_model(ref: ModelRef, tracking_uri: str, dst: Path) -> Path:
+    """Download the version's model artifacts once, into ``dst``; that copy is what gets hashed and
+    sampled, so that files swapped on the server later are not what the attestation covers."""
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils  # private: mlflow is pinned <4
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri,
-             {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     try:
-        yield
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
-        for key, value in saved[2].items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        uri = client_for(tracking_uri).get_model_version_download_uri(ref.name, ref.version)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{ref.uri}: cannot download the model's artifacts: {_mlflow_reason(exc, tracking_uri)}") \
+            from None
 
 
-def load_generator(ref: ModelRef, tracking_uri: str):
-    import mlflow
-
-    with scoped_mlflow_uri(tracking_uri):  # pyfunc.load_model resolves models:/ through the global URI
-        try:
-            return mlflow.pyfunc.load_model(ref.version_uri)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{ref.uri}: cannot load the generator: {type(exc).__name__}: {exc}") from None
+def make_read_only(folder: Path) -> None:
+    """Drop write permission on a downloaded model (the sandbox also mounts it read-only)."""
+    for p in sorted(Path(folder).rglob("*"), reverse=True) + [Path(folder)]:
+        if not p.is_symlink():
+            p.chmod(p.stat().st_mode & ~0o222)
 
 
 def _mlflow_reason(exc: Exception, tracking_uri: str) -> str:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from gate.engine import Inputs, load_inputs, run
-from gate.errors import ExitCode, InputError, ValidatorError
-from gate.generator import sample_generator
+from gate.errors import ConfigError, ExitCode, InputError, ValidatorError
+from gate.generator import assemble_samples
 from gate.imageio import read_image_folder
 from gate.imageset import ImageSet
-from gate.registry import ModelRef, check_reachable, load_generator, resolve_model, resolve_tracking_uri
+from gate.registry import ModelRef, check_reachable, resolve_model, resolve_tracking_uri
 from gate.render.writer import write_reports
 from gate.report import Report
 
@@ -67,62 +69,62 @@ def conditioning_labels(train: ImageSet, n: int, seed: int, deformation_px: floa
 
 
 def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n: None),
-             inputs: Inputs | None = None) -> Result:
-    """Check every input, draw or read the candidate, run the policy, write the reports and (with a
-    model) record the result in MLflow. Raises :class:`gate.errors.GateError` for bad input."""
+             inputs: Inputs | None = None, warn: Callable[[str], None] = lambda _m: None) -> Result:
+    """One linear flow: check every input → draw the candidate in the sandbox (or read the folder) →
+    run the checks → write every report file and the attestation in one staging step → record the
+    result in MLflow → promote on a pass. Raises :class:`gate.errors.GateError` for bad input."""
+    from gate import recording
+    from gate.sandbox import BUBBLEWRAP, probe_isolation
+
     if (req.model is None) == (req.samples is None):
         raise InputError("give exactly one candidate: --model models:/NAME/VERSION or --samples DIR")
     if req.promote_alias and not req.model:
         raise InputError("promotion needs --model: a folder of samples has no registry version to promote")
+    if req.signing_key and not req.model:
+        raise InputError("--signing-key needs --model: an attestation is about a registry version")
     inputs = inputs or load_inputs(req.policy, req.train, req.holdout)
     spec = inputs.policy.model.spec
-    ref = tracking_uri = None
-    model_info = None
+    overrides = {k: str(v) for k, v in (("train", req.train), ("holdout", req.holdout)) if v is not None}
+    if req.signing_key and overrides and not spec.data.allow_overrides:
+        raise ConfigError(f"--{'/--'.join(overrides)}: a signed validation uses the policy's own data; set "
+                          f"spec.data.allow_overrides: true in {req.policy} to allow overriding it")
+    key = _load_signing_key(req.signing_key) if req.signing_key else None
+    isolation = None
+    ref = tracking_uri = model_info = None
     if req.model:
+        isolation = probe_isolation()
+        if isolation != BUBBLEWRAP:
+            what = ("the candidate would run without isolation (bubblewrap's `bwrap` is missing or cannot create "
+                    "namespaces here: install Debian's bubblewrap package)")
+            if key is not None:
+                raise ConfigError(f"--signing-key: refusing to sign: {what}")
+            warn(f"{what}; sampling in a separate process only, and the result is not signable")
         tracking_uri = resolve_tracking_uri(req.tracking_uri)
         check_reachable(tracking_uri)
         ref = resolve_model(req.model, tracking_uri)
-        generator = load_generator(ref, tracking_uri)
-        n = spec.candidate.n_samples
-        mode = spec.candidate.mode if spec.candidate.mode != "auto" else (ref.generator_mode or "unconditional")
-        if mode not in ("unconditional", "conditional", "paired"):
-            raise InputError(f"{ref.uri}: unknown gate.generator_mode tag {mode!r} (unconditional, conditional, "
-                             "paired); set spec.candidate.mode")
-        condition = conditioning_labels(inputs.train, n, spec.candidate.seed, spec.candidate.label_deformation_px) \
-            if mode == "conditional" else None
-        candidate = sample_generator(generator, n, spec.candidate.seed, spec.candidate.batch_size,
-                                     progress(f"sampling {ref.version_uri}", n), mode=mode,
-                                     condition_labels=condition)
-        model_info = {"name": ref.name, "version": ref.version, "source": ref.source, "run_id": ref.run_id,
-                      "uri": ref.uri, "generator_mode": mode}
+        candidate, model_info = draw_candidate(ref, tracking_uri, inputs, isolation, progress)
     else:
         candidate = read_image_folder(req.samples, "candidate")
 
-    from gate import recording
-
     run_id = recording.start_validation_run(ref, tracking_uri, inputs.policy.model.metadata.name) if ref else None
     try:
-        outcome = run(inputs, candidate, cache_dir=Path(".gate") / "cache", model_info=model_info,
-                      samples_dir=req.samples, candidate_folder=req.samples, mlflow_run_id=run_id,
-                      tracking_uri=tracking_uri, progress=progress)
-        sha = write_reports(outcome, req.out)
+        outcome = run(inputs, candidate, cache_dir=Path(".gate") / "cache", model_info=model_info, samples_dir=req.samples,
+                      candidate_folder=req.samples, mlflow_run_id=run_id, tracking_uri=tracking_uri,
+                      progress=progress, isolation=isolation, data_overrides=overrides)
+        sign = None
+        if key is not None:
+            from gate.attest import sign_validation
+
+            def sign(report_sha256: str) -> str:
+                return sign_validation(tracking_uri, ref, outcome.report, report_sha256, req.signing_key)
+
+        sha, envelope = write_reports(outcome, req.out, sign)
     except BaseException:
         if run_id:  # never leave a validation run looking as if it were still going
             recording.abandon_validation_run(ref, tracking_uri, run_id)
         raise
     promoted = False
     if ref:
-        envelope = None
-        if req.signing_key:
-            from gate.attestation import AttestationError
-            from gate.attest import attest_validation
-
-            try:
-                envelope = attest_validation(ref, tracking_uri, outcome.report, sha, run_id, Path(req.out),
-                                             req.signing_key)
-            except AttestationError as exc:
-                recording.abandon_validation_run(ref, tracking_uri, run_id)
-                raise InputError(f"--signing-key: {exc}") from None
         try:
             recording.finish_validation_run(ref, tracking_uri, run_id, outcome.report, sha, Path(req.out),
                                             attestation=envelope)
@@ -134,3 +136,60 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
                                  f"({type(exc).__name__}: {str(exc)[:300]}); nothing was promoted") from None
     return Result(outcome.report, sha, Path(req.out), ref, promoted, tracking_uri,
                   promote_requested=bool(req.promote_alias))
+
+
+def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: str,
+                   progress: ProgressFactory) -> tuple[ImageSet, dict]:
+    """Download the version's artifacts once, hash them, and sample exactly that copy in the sandbox."""
+    from gate.attestation import artifacts_digest
+    from gate.registry import download_model, make_read_only
+    from gate.sandbox import SamplingPlan, SandboxLimits, sample_in_sandbox
+
+    c = inputs.policy.model.spec.candidate
+    mode = c.mode if c.mode != "auto" else (ref.generator_mode or "unconditional")
+    if mode not in ("unconditional", "conditional", "paired"):
+        raise InputError(f"{ref.uri}: unknown gate.generator_mode tag {mode[:40]!r} (unconditional, conditional, "
+                         "paired); set spec.candidate.mode")
+    condition = conditioning_labels(inputs.train, c.n_samples, c.seed, c.label_deformation_px) \
+        if mode == "conditional" else None
+    plan = SamplingPlan(mode, c.n_samples, c.seed, c.batch_size)
+    limits = SandboxLimits(c.timeout_s, c.max_memory_mb, c.max_output_mb, threads=_threads())
+    with tempfile.TemporaryDirectory(prefix="gate-candidate-") as tmp:
+        try:
+            model_dir = download_model(ref, tracking_uri, Path(tmp))
+            digest = artifacts_digest(model_dir)
+            make_read_only(model_dir)
+            raw = sample_in_sandbox(model_dir, plan, limits, isolation, labels=condition,
+                                    progress=progress(f"sampling {ref.version_uri}", c.n_samples), where=ref.uri)
+        finally:
+            _make_removable(Path(tmp))
+    candidate = assemble_samples(raw, plan, condition)
+    info = {"name": ref.name, "version": ref.version, "source": ref.source, "run_id": ref.run_id, "uri": ref.uri,
+            "generator_mode": mode, "artifacts_sha256": digest, "creation_timestamp": ref.creation_timestamp,
+            "workspace": ref.workspace}
+    return candidate, info
+
+
+def _make_removable(folder: Path) -> None:
+    for p in [folder, *folder.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod(p.stat().st_mode | 0o700)
+
+
+def _threads() -> int:
+    """The sampler's thread pools: as many as this validation was given (``gate serve`` sizes them per job)."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _load_signing_key(path: Path):
+    """Read the key before any work: a wrong key is bad configuration, found in a second, not after the run."""
+    from gate.attestation import AttestationError, load_private_key
+
+    try:
+        return load_private_key(path)
+    except AttestationError as exc:
+        raise ConfigError(f"--signing-key: {exc}") from None
+

@@ -2,6 +2,8 @@
 real MLflow registry, conditioning label maps, and the segmentation check's clear errors."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -11,7 +13,8 @@ from typer.testing import CliRunner
 from conftest import write_check_policy
 from gate.cli import app
 from gate.errors import InputError
-from gate.generator import ConditionalImageGenerator, PairedImageGenerator, log_generator, sample_generator
+from gate.generator import (ConditionalImageGenerator, PairedImageGenerator, assemble_samples, log_generator,
+                            sample_generator)
 from gate.imageio import read_image_folder
 from gate.imageset import ImageSet
 from gate_plugins.mri.demo_data import write_slices
@@ -101,24 +104,34 @@ class _ImagesOnly:
 def test_conditional_and_paired_generators_through_the_registry(tmp_path, mri_labelled):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    loaded = {}
+    versions = {}
     for name, gen in (("echo", EchoRenderer()), ("half", HalfRenderer()), ("frac", FractionalPairs()),
                       ("pairs", Pairs())):
         mv, _ = log_generator(gen, name, tracking_uri=uri)
         assert client.get_model_version(name, mv.version).tags["gate.generator_mode"] == \
             ("conditional" if name in ("echo", "half") else "paired")
-        from gate.registry import ModelRef, load_generator
-
-        loaded[name] = load_generator(ModelRef(name, str(mv.version), "", None, f"models:/{name}/{mv.version}"), uri)
+        versions[name] = mv.version
     maps = mri_labelled[1][:5].astype(np.int64)
-    s = sample_generator(loaded["echo"], 5, 0, 2, mode="conditional", condition_labels=maps)
+
+    def sampled(name, n, seed, batch, mode, labels=None):  # the registry path: download once, sample sandboxed
+        from gate.registry import download_model, resolve_model
+        from gate.sandbox import SamplingPlan, SandboxLimits, probe_isolation, sample_in_sandbox
+
+        ref = resolve_model(f"models:/{name}/{versions[name]}", uri)
+        plan = SamplingPlan(mode, n, seed, batch)
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = sample_in_sandbox(download_model(ref, uri, Path(tmp)), plan, SandboxLimits(timeout_s=120),
+                                    probe_isolation(), labels=labels)
+        return assemble_samples(raw, plan, labels)
+
+    s = sampled("echo", 5, 0, 2, "conditional", maps)
     assert np.array_equal(s.labels, maps) and np.allclose(s.images, maps / 3.0)
-    p = sample_generator(loaded["pairs"], 5, 3, 2, mode="paired")
+    p = sampled("pairs", 5, 3, 2, "paired")
     assert p.labels.dtype == np.int64 and np.allclose(p.images, p.labels / 3.0)
     with pytest.raises(InputError, match=r"images are \(64, 64\) but the label maps given are \(128, 128\)"):
-        sample_generator(loaded["half"], 5, 0, 2, mode="conditional", condition_labels=maps)
+        sampled("half", 5, 0, 2, "conditional", maps)
     with pytest.raises(InputError, match="channel 1 must hold label maps of non-negative integers"):
-        sample_generator(loaded["frac"], 3, 0, 2, mode="paired")
+        sampled("frac", 3, 0, 2, "paired")
     with pytest.raises(InputError, match=r"a paired generator returns \[n, 2, H, W\]"):
         sample_generator(_ImagesOnly(), 2, 0, 2, mode="paired")
 
@@ -213,17 +226,17 @@ def test_real_plus_synthetic_reports_the_gain_over_the_baseline(mri_labelled, tm
 
 
 def test_registry_calls_leave_no_mlflow_uri_behind(tmp_path, monkeypatch):
-    """log_generator and load_generator must not export MLFLOW_TRACKING_URI: a later subprocess (gate
-    demo, an mlflow server) would silently use that store instead of its own."""
+    """log_generator and the model download must not export MLFLOW_TRACKING_URI: a later subprocess
+    (gate demo, an mlflow server) would silently use that store instead of its own."""
     import os
 
-    from gate.registry import ModelRef, load_generator
+    from gate.registry import download_model, resolve_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     uri = f"sqlite:///{tmp_path / 'leak.db'}"
     mv, _ = log_generator(Pairs(), "leak", tracking_uri=uri)
-    load_generator(ModelRef("leak", str(mv.version), "", None, "models:/leak/1"), uri)
+    download_model(resolve_model("models:/leak/1", uri), uri, tmp_path / "dl")
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before

@@ -75,7 +75,9 @@ def test_honest_generator_is_promoted_and_copier_refused(server, versions, polic
     assert {"gate/report.json", "gate/report.html", "gate/junit.xml", "gate/summary.md", "gate/samples"} <= logged
     report = json.loads((tmp_path / "honest" / "report.json").read_text())
     assert report["provenance"]["model"]["version"] == str(versions["honest"])
-    assert report["provenance"]["model"]["source"].startswith("models:/")
+    assert report["provenance"]["model"]["source"].endswith("/artifacts/generator")  # the run's artifacts
+    assert len(report["provenance"]["model"]["artifacts_sha256"]) == 64  # of the files that were sampled
+    assert report["provenance"]["isolation"] == "bubblewrap"
     assert report["provenance"]["mlflow_run_id"] == run.info.run_id
 
     res = gate("promote", "--model", f"models:/{NAME}/{versions['copier']}", "--tracking-uri", server,

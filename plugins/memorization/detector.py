@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 
 from gate.imageset import content_digest
-from gate_plugins.memorization import cache, maths
+from gate.featurecache import FeatureCache, cache_key
+from gate_plugins.memorization import maths
 from gate_plugins.memorization.extractors import FeatureExtractor
 from gate_plugins.memorization.transforms import Invariance, apply, misalign, transform_set
 
@@ -72,15 +73,20 @@ class Detector:
             raise ValueError(f"invariance '{self.invariance}' needs square images, got {train.shape[1:]}")
         n_layers = len(self.extractor.layers)
         key = None
+        self.cache_status_ = "off"  # hit | miss | tampered (a forged or damaged entry, recomputed) | off
         if self.cache_dir is not None:
-            key = cache.cache_key(kind="memorization-reference", format=2, train=digest or content_digest(train),
+            key = cache_key(kind="memorization-reference", format=2, train=digest or content_digest(train),
                                   extractor=self.extractor.name, weights=self.extractor.weights_sha256(),
                                   prefilter=getattr(self.extractor, "prefilter_sigma", 0.0),
                                   layers=list(self.extractor.layers), transforms=self.transforms,
                                   nuisance_copies=self.nuisance_copies)
-            hit = cache.load(self.cache_dir, key)
+            lookup = FeatureCache(self.cache_dir).load(key)
+            self.cache_status_ = lookup.status
+            hit = lookup.arrays
             names = [f"ref_{k}" for k in range(n_layers)] + [f"nuis_{k}" for k in range(n_layers)]
-            if hit is not None and all(k in hit for k in names):
+            if hit is not None and not all(k in hit for k in names):
+                self.cache_status_ = "tampered"  # authentic but incomplete: recomputed like a forged one
+            elif hit is not None:
                 progress(len(train) * (len(transforms) + self.nuisance_copies))
                 return ([hit[f"ref_{k}"] for k in range(n_layers)], [hit[f"nuis_{k}"] for k in range(n_layers)], True)
         parts = [self.features(_Transformed(train, fn), progress) for _, fn in transforms]
@@ -92,7 +98,7 @@ class Detector:
             feats = self.features(_Misaligned(train, src, rng), progress)
             nuisance = [f - r[src] for f, r in zip(feats, reference)]  # rows 0..N-1 are the identity
         if key is not None:
-            cache.store(self.cache_dir, key, {**{f"ref_{k}": r for k, r in enumerate(reference)},
+            FeatureCache(self.cache_dir).store(key, {**{f"ref_{k}": r for k, r in enumerate(reference)},
                                                **{f"nuis_{k}": d for k, d in enumerate(nuisance)}})
         return reference, nuisance, False
 

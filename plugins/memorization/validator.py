@@ -165,7 +165,7 @@ class MemorizationValidator:
                 "extractor_weights_sha256": extractor.weights_sha256(),
                 "prefilter_sigma": params.prefilter_sigma,
                 "transforms": detector.transforms,
-                "reference_cache_hit": detector.cache_hit_,
+                "reference_cache_hit": detector.cache_hit_, "reference_cache": detector.cache_status_,
             },
             diagnostics={
                 "calibration": index.calibration_,

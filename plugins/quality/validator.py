@@ -163,6 +163,7 @@ class QualityValidator:
 
         insensitive: dict[str, str] = {}
         diagnostics: dict = {"niqe_patches": niqe_model.n_patches, "reference_cache_hit": cache_hit,
+                             "reference_cache": detector.cache_status_,
                              "distribution_reference": "holdout" if holdout is not None else "train",
                              "versus_real": versus_real,
                              "outside_real_band": sorted(m for m, v in versus_real.items() if v["inside_band"] is False)}

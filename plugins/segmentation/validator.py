@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -16,6 +15,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from gate.errors import InputError
+from gate.featurecache import FeatureCache
 from gate.imageset import ImageSet
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
 from gate_plugins.segmentation import metrics as M
@@ -84,26 +84,22 @@ class SegmentationValidator:
         synthetic = backend.fit_score(cand.images, cand.labels, test_images, test_labels, n_classes, params,
                                       context.seed, deadline, context.progress("segmentation: train on candidate",
                                                                                params.epochs))
-        baseline, cache_hit = None, False
+        baseline, cache_hit, cache_status = None, False, "off"
         if params.baseline:
             pick = np.sort(np.random.default_rng(context.seed).choice(
                 len(train), size=min(len(train), len(cand)), replace=False))
             key = _baseline_key(train, holdout, pick, test_idx, n_classes, params, context.seed)
-            path = context.cache_dir / f"segmentation-baseline-{key[:32]}.npz" if params.cache and context.cache_dir \
-                else None
-            if path is not None and path.is_file():
-                with np.load(path) as z:
-                    baseline, cache_hit = {"dice": z["dice"], "hd95": z["hd95"]}, True
+            cache = FeatureCache(context.cache_dir) if params.cache and context.cache_dir else None
+            lookup = cache.load(f"segmentation-baseline-{key}") if cache else None
+            cache_status = lookup.status if lookup else "off"
+            if lookup is not None and lookup.arrays is not None and {"dice", "hd95"} <= set(lookup.arrays):
+                baseline, cache_hit = {"dice": lookup.arrays["dice"], "hd95": lookup.arrays["hd95"]}, True
             else:
                 baseline = backend.fit_score(train.images[pick], train.labels[pick], test_images, test_labels,
                                              n_classes, params, context.seed, deadline,
                                              context.progress("segmentation: real-only baseline", params.epochs))
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    # a name of its own: parallel validations (gate serve) may write the same baseline
-                    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npz")
-                    np.savez(tmp, **baseline)
-                    tmp.replace(path)
+                if cache is not None:  # atomic and authenticated (parallel validations may write the same one)
+                    cache.store(f"segmentation-baseline-{key}", baseline)
         scalars = M.summarise(synthetic, baseline, names, context.seed, reps=params.bootstrap)
         per_class = {n: round(scalars[f"dice_{n}"], 4) for n in names}
         scalars["dice_worst_class"] = min(per_class.values())
@@ -128,7 +124,7 @@ class SegmentationValidator:
             "hd95_per_class": {n: round(scalars[f"hd95_{n}"], 3) for n in names},
             "baseline_dice_per_class": ({n: round(float(baseline["dice"][:, k].mean()), 4)
                                          for k, n in enumerate(names)} if baseline is not None else None),
-            "test_slices": len(test_idx), "train_slices_per_model": len(cand), "baseline_cache_hit": cache_hit,
+            "test_slices": len(test_idx), "train_slices_per_model": len(cand), "baseline_cache_hit": cache_hit, "baseline_cache": cache_status,
             "worst_cases": cases.assign(mean=synthetic["dice"].mean(1)).nsmallest(5, "mean").round(4)
             .to_dict("records"),
             "seconds": round(params.time_budget_s - (deadline - time.monotonic()), 1),

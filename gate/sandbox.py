@@ -1,0 +1,294 @@
+"""Sampling the candidate where it can read and write nothing of the gate's.
+
+The candidate generator is untrusted code (an MLflow pyfunc, unpickled with cloudpickle). It never runs
+in the validating process: :func:`sample_in_sandbox` starts :mod:`gate.sampling_child` in a separate
+process that gets
+
+- a read-only copy of the version's artifacts (the very files whose digest the attestation names),
+  its plan and, for a conditional generator, its label maps, and nothing else of the gate's: with
+  bubblewrap, a file-system view of the system and the Python installation only (no working
+  directory, no ``.gate/``, no keys, no reports), its own PID, network, IPC and user namespaces, an
+  empty ``/tmp``, no capabilities; an environment built from scratch (no ``GATE_*`` secret);
+- CPU, address-space and file-size limits (``setrlimit``) and a wall-clock limit enforced here;
+- one way to answer: raw ``.npy`` records on a pipe, read here under a byte budget, never unpickled.
+
+Isolation levels (recorded in every report): ``bubblewrap`` (namespaces as above) or ``process`` (a
+separate process with a clean environment, limits and an empty working directory, but the machine's
+file system in view). A validation is signed only at ``bubblewrap``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gate.errors import InputError, LimitExceeded, SandboxError
+
+BUBBLEWRAP = "bubblewrap"
+PROCESS = "process"
+#: system folders a Python interpreter needs; bound read-only when they exist (symlinks are recreated)
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: the few files of /etc that the C library and Python read; never the whole of /etc
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+                "/etc/group", "/etc/nsswitch.conf", "/etc/alternatives")
+STDERR_TAIL = 16_384  # bytes of the child's stderr kept for the error message
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxLimits:
+    timeout_s: float = 600.0
+    max_memory_mb: int = 4096  # address space (RLIMIT_AS): Python + MLflow alone reserve ~0.5 GB
+    max_output_mb: int = 2048  # bytes of arrays the generator may send back, all batches together
+    threads: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingPlan:
+    mode: str  # unconditional | paired | conditional
+    n: int
+    seed: int
+    batch_size: int
+
+    @property
+    def batches(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+def bubblewrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def probe_isolation() -> str:
+    """``bubblewrap`` when bwrap runs here with the namespaces gate asks for, else ``process``."""
+    bwrap = bubblewrap_path()
+    if bwrap is None:
+        return PROCESS
+    try:
+        with tempfile.TemporaryDirectory(prefix="gate-probe-") as empty:
+            cmd = _bwrap_args(bwrap, [], Path(empty)) + ["/bin/sh", "-c", "true"]
+            done = subprocess.run(cmd, capture_output=True, timeout=30, env={})
+    except (OSError, subprocess.TimeoutExpired):
+        return PROCESS
+    return BUBBLEWRAP if done.returncode == 0 else PROCESS
+
+
+def python_roots() -> list[Path]:
+    """What the child must see to run Python and import gate: the interpreter's prefixes and, for an
+    editable install, gate's own source folders (never the folder they sit in, which holds ``.gate/``)."""
+    import gate
+
+    roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(gate.__file__).parent}
+    try:
+        import gate_plugins
+
+        roots.add(Path(gate_plugins.__file__).parent)
+    except ImportError:
+        pass
+    real = {Path(os.path.realpath(sys.executable)).parent.parent}
+    return sorted({r.resolve() for r in roots | real if r.exists()})
+
+
+def _bwrap_args(bwrap: str, binds: list[tuple[Path, str]], tmp: Path) -> list[str]:
+    args = [bwrap, "--unshare-all", "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    for f in SYSTEM_FILES:
+        if os.path.exists(f):
+            args += ["--ro-bind", f, f]
+    for src, dst in binds:
+        args += ["--ro-bind", str(src), dst]
+    del tmp  # the sandbox's /tmp is a fresh tmpfs; the host folder is only for the process level
+    return args
+
+
+def child_environment(threads: int) -> dict[str, str]:
+    """Built from nothing: no variable of the gate's environment (keys, secrets, tracking URIs) reaches
+    candidate code."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[key] = str(threads)
+    return env
+
+
+def _limit_resources(limits: SandboxLimits) -> Callable[[], None]:
+    mem = int(limits.max_memory_mb) * 2**20
+    cpu = int(limits.timeout_s * max(1, limits.threads)) + 30
+    fsize = int(limits.max_output_mb) * 2**20
+
+    def apply() -> None:  # runs in the child between fork and exec
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+class _RecordReader(threading.Thread):
+    """Reads ``.npy`` records from the child's pipe under a byte budget. Only numeric dtypes are
+    accepted, the header is parsed by numpy's literal parser, and nothing is ever unpickled."""
+
+    def __init__(self, stream, budget: int, expected: int, on_record: Callable[[int], None]) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.budget, self.expected, self.on_record = stream, budget, expected, on_record
+        self.records: list[np.ndarray] = []
+        self.problem: str | None = None
+        self.over_budget = False
+
+    def run(self) -> None:
+        fmt = np.lib.format
+        try:
+            while len(self.records) < self.expected:
+                head = self.stream.read(6)
+                if not head:
+                    return
+                if head != fmt.MAGIC_PREFIX:
+                    raise ValueError("not a .npy record")
+                major, _minor = self.stream.read(2)
+                read_header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+                shape, fortran, dtype = read_header(self.stream, max_header_size=1024)
+                if dtype.hasobject or dtype.kind not in "biuf" or len(shape) > 4:
+                    raise ValueError(f"batch {len(self.records)}: dtype {dtype.str} and {len(shape)} axes are not "
+                                     "an image array")
+                size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if size > self.budget:
+                    self.over_budget = True
+                    raise ValueError(f"batch {len(self.records)}: {size / 2**20:.0f} MB is more than the "
+                                     f"{self.budget / 2**20:.0f} MB left of spec.candidate.max_output_mb")
+                self.budget -= size
+                data = bytearray()
+                while len(data) < size:
+                    chunk = self.stream.read(min(size - len(data), 1 << 22))
+                    if not chunk:
+                        raise ValueError(f"batch {len(self.records)}: the record was cut off")
+                    data += chunk
+                arr = np.frombuffer(bytes(data), dtype=dtype).reshape(shape, order="F" if fortran else "C")
+                self.records.append(arr)
+                self.on_record(len(self.records))
+            if self.stream.read(1):
+                raise ValueError("more output than the batches asked for")
+        except Exception as exc:  # noqa: BLE001 - whatever the child sent, it is refused with the reason
+            self.problem = str(exc)[:300]
+
+
+def _tail_reader(stream, keep: int) -> tuple[threading.Thread, bytearray]:
+    buf = bytearray()
+
+    def run() -> None:
+        while chunk := stream.read(4096):
+            buf.extend(chunk)
+            del buf[:-keep]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, buf
+
+
+def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits, isolation: str, *,
+                      labels: np.ndarray | None = None, progress: Callable[[int], None] = lambda _n: None,
+                      where: str = "candidate") -> list[np.ndarray]:
+    """The generator's raw output, one array per batch (batch ``b`` drawn with seed ``plan.seed + b``).
+    Raises :class:`InputError` when the generator fails or answers out of contract, :class:`LimitExceeded`
+    past a limit, :class:`SandboxError` when the sandbox itself cannot run."""
+    with tempfile.TemporaryDirectory(prefix="gate-sampler-") as work:
+        work = Path(work)
+        inputs, scratch = work / "input", work / "tmp"
+        inputs.mkdir()
+        scratch.mkdir()
+        (inputs / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
+        if labels is not None:
+            np.save(inputs / "labels.npy", np.ascontiguousarray(labels, dtype=np.int64), allow_pickle=False)
+        child = [sys.executable, "-I", "-m", "gate.sampling_child"]
+        env = child_environment(limits.threads)
+        if isolation == BUBBLEWRAP:
+            bwrap = bubblewrap_path()
+            if bwrap is None:
+                raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+            binds = [(r, str(r)) for r in python_roots()] + [(inputs, "/gate/input"), (Path(model_dir), "/gate/model")]
+            cmd = _bwrap_args(bwrap, binds, scratch) + child + ["/gate/input", "/gate/model"]
+            cwd = None
+        else:
+            cmd = child + [str(inputs), str(model_dir)]
+            env["HOME"] = env["TMPDIR"] = str(scratch)
+            cwd = scratch
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True,
+                                    preexec_fn=_limit_resources(limits))
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sampler ({exc.strerror or exc})") from None
+        done = [0]
+
+        def on_record(k: int) -> None:
+            progress(min(plan.batch_size, plan.n - (k - 1) * plan.batch_size))
+            done[0] = k
+
+        reader = _RecordReader(proc.stdout, limits.max_output_mb * 2**20, plan.batches, on_record)
+        reader.start()
+        err_thread, err_tail = _tail_reader(proc.stderr, STDERR_TAIL)
+        timed_out = False
+        try:
+            proc.wait(timeout=limits.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc)
+            reader.join(10)
+            err_thread.join(10)
+        stderr = err_tail.decode("utf-8", "replace")
+        if timed_out:
+            raise LimitExceeded(f"{where}: the generator did not finish within spec.candidate.timeout_s = "
+                                f"{limits.timeout_s:g} s (after {done[0]} of {plan.batches} batches); it was killed")
+        if reader.over_budget:
+            raise LimitExceeded(f"{where}: {reader.problem}")
+        if proc.returncode != 0:
+            raise InputError(f"{where}: {_failure(proc.returncode, stderr, limits, done[0], plan)}")
+        if reader.problem or len(reader.records) != plan.batches:
+            raise InputError(f"{where}: the sampler's answer is out of contract: "
+                             f"{reader.problem or f'{len(reader.records)} of {plan.batches} batches'}")
+        return reader.records
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _failure(code: int, stderr: str, limits: SandboxLimits, batches_done: int, plan: SamplingPlan) -> str:
+    """One line: the generator's own message for its failure when it gave one, else the limit it hit."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    mine = [ln[len("gate-sampler: "):] for ln in lines if ln.startswith("gate-sampler: ")]
+    if mine:
+        b = plan.seed
+        return f"generator failed on {mine[-1][:500]} (seeds start at {b}, batch size {plan.batch_size})"
+    if code == -signal.SIGXCPU or code == -signal.SIGKILL or "MemoryError" in stderr or "Cannot allocate" in stderr:
+        return (f"the generator was stopped after {batches_done} of {plan.batches} batches: it exceeded "
+                f"spec.candidate.max_memory_mb = {limits.max_memory_mb} or its CPU time "
+                f"(exit {code}; {_printable(lines[-1]) if lines else 'no output'})")
+    return f"the generator process failed (exit {code}): {_printable(lines[-1]) if lines else 'no output'}"
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """A line of the child's stderr as safe one-line text: it is the candidate's to write."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:limit]
