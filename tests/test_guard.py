@@ -41,10 +41,11 @@ def guarded(tmp_path_factory):
         yield uri, keys, root
 
 
-def _attest(key_path, version, verdict="pass", subject_version=None):
+def _attest(client, key_path, version, verdict="pass", subject_version=None):
     predicate = {"verdict": verdict, "report_sha256": "0" * 64, "policy_name": "p", "policy_sha256": "1" * 64,
                  "issued_at": dt.datetime.now(dt.timezone.utc).isoformat()}
-    st = A.make_statement(f"models:/{NAME}/{subject_version or version}", "2" * 64, predicate)
+    identity = A.version_identity(client.get_model_version(NAME, subject_version or version))
+    st = A.make_statement(f"models:/{NAME}/{subject_version or version}", "2" * 64, predicate, identity)
     return json.dumps(A.sign(st, A.load_private_key(key_path)))
 
 
@@ -66,11 +67,11 @@ def test_the_guard_refuses_unattested_promotions_and_allows_validated_ones(guard
         assert needle in str(e.value), str(e.value)
 
     refused(lambda: client.set_registered_model_alias(NAME, "champion", v_none), "has no gate attestation")
-    client.set_model_version_tag(NAME, v_fail, "gate.attestation", _attest(keys["signer"], v_fail, verdict="fail"))
+    client.set_model_version_tag(NAME, v_fail, "gate.attestation", _attest(client, keys["signer"], v_fail, verdict="fail"))
     refused(lambda: client.set_registered_model_alias(NAME, "champion", v_fail), "verdict fail")
-    client.set_model_version_tag(NAME, v_forged, "gate.attestation", _attest(keys["forger"], v_forged))
+    client.set_model_version_tag(NAME, v_forged, "gate.attestation", _attest(client, keys["forger"], v_forged))
     refused(lambda: client.set_registered_model_alias(NAME, "champion", v_forged), "wrong key")
-    client.set_model_version_tag(NAME, v_other, "gate.attestation", _attest(keys["signer"], v_other,
+    client.set_model_version_tag(NAME, v_other, "gate.attestation", _attest(client, keys["signer"], v_other,
                                                                             subject_version=v_valid))
     refused(lambda: client.set_registered_model_alias(NAME, "prod", v_other), f"not models:/{NAME}/{v_other}")
     refused(lambda: client.transition_model_version_stage(NAME, v_none, "Production"), "stage 'Production'")

@@ -276,3 +276,43 @@ def test_the_service_may_take_the_alias_off_a_version_whose_artifacts_changed(gu
     status, text = send(guarded, "DELETE", path, body, J, signed)
     assert status == 403 and "replayed" in text, text
     assert str(client.get_registered_model(name).aliases["champion"]) == "1"
+
+
+def test_a_tag_replayed_across_workspaces_is_refused(tmp_path):
+    """MLflow 3 workspaces: the same name and number in another workspace is another version."""
+    private, public = A.generate_keypair()
+    (tmp_path / "s.key").write_bytes(private)
+    (tmp_path / "s.pub").write_bytes(public)
+    env = {"GATE_GUARD_PUBLIC_KEY": str(tmp_path / "s.pub"), "MLFLOW_ENABLE_WORKSPACES": "true"}
+    with local_mlflow_server(tmp_path, app_name="gate-guard", env=env) as uri:
+        g = Guarded(uri, tmp_path, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), b"")
+
+        def call(ws, method, path, payload):
+            status, text = send(g, method, path, json.dumps(payload), J, {"X-MLFLOW-WORKSPACE": ws})
+            return status, (json.loads(text) if text.strip().startswith("{") else text)
+
+        versions = {}
+        for ws in ("team-a", "team-b"):
+            assert call("default", "POST", "/api/3.0/mlflow/workspaces", {"name": ws})[0] in (200, 201)
+            assert call(ws, "POST", f"{REST}/registered-models/create", {"name": "shared"})[0] == 200
+            exp = call(ws, "POST", f"{REST}/experiments/create", {"name": "e"})[1]["experiment_id"]
+            run = call(ws, "POST", f"{REST}/runs/create", {"experiment_id": exp})[1]["run"]["info"]["run_id"]
+            status, body = call(ws, "POST", f"{REST}/model-versions/create",
+                                {"name": "shared", "source": f"runs:/{run}/model", "run_id": run})
+            assert status == 200, body
+            versions[ws] = body["model_version"]
+        a = versions["team-a"]
+        assert a["version"] == versions["team-b"]["version"] == "1"
+        identity = A.version_identity({**a, "workspace": "team-a"})
+        predicate = {"verdict": "pass", "report_sha256": "0" * 64, "policy_name": "p", "policy_sha256": "1" * 64,
+                     "issued_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        envelope = json.dumps(A.sign(A.make_statement("models:/shared/1", "2" * 64, predicate, identity),
+                                     A.load_private_key(tmp_path / "s.key")))
+        for ws in ("team-a", "team-b"):
+            assert call(ws, "POST", f"{REST}/model-versions/set-tag",
+                        {"name": "shared", "version": "1", "key": "gate.attestation", "value": envelope})[0] == 200
+        alias = {"name": "shared", "alias": "champion", "version": "1"}
+        status, body = call("team-b", "POST", f"{REST}/registered-models/alias", alias)
+        assert status == 403 and "another version" in body["message"], body
+        status, body = call("team-a", "POST", f"{REST}/registered-models/alias", alias)
+        assert status == 200, body  # the version it was made for, in its own workspace
