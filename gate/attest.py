@@ -68,31 +68,6 @@ def sign_validation(tracking_uri: str, ref: ModelRef, report: Report, report_sha
     return json.dumps(A.sign(statement, key), separators=(",", ":"))
 
 
-def attest_validation(ref: ModelRef, tracking_uri: str, report: Report, report_sha256: str, run_id: str | None,
-                      out_dir: Path, key_path: Path) -> str:
-    """Deprecated: :func:`sign_validation` plus the files, until the pipeline records the sampled digest
-    and writes the envelope itself. Fills what the report lacks from the registry (the digest by a
-    fresh download, which is exactly the swap window sign_validation closes)."""
-    model = dict(report.provenance.model or {})
-    if not model.get("artifacts_sha256") or model.get("creation_timestamp") is None:
-        mv = client_for(tracking_uri).get_model_version(ref.name, ref.version)
-        model = {**A.version_identity(mv), **{k: v for k, v in model.items() if v is not None}}
-        model.setdefault("artifacts_sha256", model_artifacts_sha256(ref, tracking_uri))
-        model["creation_timestamp"] = int(mv.creation_timestamp)
-        model["workspace"] = getattr(mv, "workspace", None)
-    provenance = report.provenance.model_copy(update={"model": model,
-                                                      "mlflow_run_id": report.provenance.mlflow_run_id or run_id})
-    compact = sign_validation(tracking_uri, ref, report.model_copy(update={"provenance": provenance}),
-                              report_sha256, key_path)
-    tmp = out_dir / f".{ENVELOPE_FILE}.tmp"
-    tmp.write_text(compact + "\n", encoding="utf-8")
-    tmp.replace(out_dir / ENVELOPE_FILE)
-    from gate.render.pdf import write_pdf
-
-    write_pdf(report, out_dir, compact)  # the compliance PDF gains its signature section
-    return compact
-
-
 def verify_model_version(ref: ModelRef, tracking_uri: str, trust: A.TrustPolicy) -> dict:
     """Check the version's ``gate.attestation`` tag against the trust configuration and the registry's
     record of the version (identity), re-hash its current artifacts, and check the report logged in the

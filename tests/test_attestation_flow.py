@@ -68,7 +68,8 @@ def test_signed_validation_verifies_and_every_tampering_is_refused(tmp_path, mri
     assert code == 1 and "expired" in output, output
     for args, reason in (
         (("models:/gen/1", "--public-key", other, "--tracking-uri", uri), "wrong key"),
-        (("models:/gen/1", "--public-key", pub, "--tracking-uri", uri, "--max-age-days", "0"), "expired"),
+        (("models:/gen/1", "--public-key", pub, "--tracking-uri", uri, "--max-age-days", "0.000001"), "expired"),
+        (("models:/gen/1", "--public-key", pub, "--tracking-uri", uri, "--max-age-days", "0"), "must be positive"),
         ((tmp_path / "out", "--public-key", pub, "--model", "models:/gen/2", "--tracking-uri", uri), None),
     ):
         code, output = verify(*args)
@@ -92,8 +93,9 @@ def test_signed_validation_verifies_and_every_tampering_is_refused(tmp_path, mri
     assert code == 1 and "truncated" in output
 
     # the model's artifacts changed after validation
-    model_id = client.get_model_version("gen", "1").source.rsplit("/", 1)[-1]  # models:/m-... in MLflow 3
-    model_files = [p for p in tmp_path.rglob("python_model.pkl") if model_id in p.parts]
+    mv1 = client.get_model_version("gen", "1")  # source: models:/m-... (MLflow 3 logged model) or runs:/RUN/...
+    owners = {mv1.run_id} | ({mv1.source.rsplit("/", 1)[-1]} if mv1.source.startswith("models:/") else set())
+    model_files = [p for p in tmp_path.rglob("python_model.pkl") if owners & set(p.parts)]
     assert len(model_files) == 1, (model_id, list(tmp_path.rglob("python_model.pkl")))
     with open(model_files[0], "ab") as f:
         f.write(b"\0")
