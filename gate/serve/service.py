@@ -247,7 +247,7 @@ def create_app(settings: ServiceSettings, store: JobStore, audit: AuditLog, disp
                                     reason="too many refused deliveries from this address",
                                     delivery_id=_delivery_id(request.headers))
             return JSONResponse({"error": "too many refused deliveries from this address"}, status_code=429,
-                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                                headers={"Retry-After": str(max(1, math.ceil(wait))), "Connection": "close"})
         try:
             body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         except DeliveryRejected as exc:

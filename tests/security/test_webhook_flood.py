@@ -87,6 +87,13 @@ def send_until_answered(port, head: bytes, chunks, timeout_s=20.0):
         sock.close()
 
 
+def asgi_scope(headers: dict) -> dict:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": WEBHOOK_PATH, "raw_path": WEBHOOK_PATH.encode(), "query_string": b"", "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("203.0.113.9", 4000), "server": ("127.0.0.1", 8808)}
+
+
 def request_head(headers: dict, extra: str) -> bytes:
     lines = [f"POST {WEBHOOK_PATH} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines + [extra]) + "\r\n\r\n").encode()
@@ -127,10 +134,7 @@ def test_the_handler_reads_at_most_the_cap_of_a_long_stream(service):
         if message["type"] == "http.response.start":
             answer["status"] = message["status"]
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": WEBHOOK_PATH, "raw_path": WEBHOOK_PATH.encode(), "query_string": b"", "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-             "client": ("203.0.113.9", 4000), "server": ("127.0.0.1", 8808)}
+    scope = asgi_scope(headers)
     asyncio.run(asyncio.wait_for(service["app"](scope, receive, send), 30))
     assert answer["status"] == 413 and pulled[0] <= CAP + 8192
 
@@ -170,3 +174,25 @@ def test_the_first_refusal_of_each_kind_is_kept_in_full(service):
     assert client.post(WEBHOOK_PATH, headers=h, content=b"x" * (CAP + 1)).status_code == 413
     kinds = [e["data"]["kind"] for e in service["audit"].entries() if e["event"] == "delivery.rejected"]
     assert kinds == ["signature", "stale", "oversized"]
+
+
+def test_a_trickled_body_is_cut_off_at_the_time_limit(tmp_path):
+    settings = ServiceSettings(secret=SECRET, body_timeout_s=0.5)
+    store, audit = JobStore(tmp_path / "s.sqlite"), AuditLog(tmp_path / "audit.jsonl", KEY)
+    app = create_app(settings, store, audit, Dispatcher(store, audit, 1, validate=None, check_alias=None))
+    headers, _ = signed()
+    answer = {}
+
+    async def receive():  # one byte a second, forever
+        await asyncio.sleep(1)
+        return {"type": "http.request", "body": b"{", "more_body": True}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+
+    scope = asgi_scope(headers)
+    t0 = time.time()
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    assert answer["status"] == 408 and time.time() - t0 < 5
+    assert [e["data"]["kind"] for e in audit.entries()] == ["slow"]
