@@ -85,9 +85,13 @@ def delete_alias_as_service(tracking_uri: str, name: str, alias: str, service_ke
 
     from gate.service_auth import HEADER, sign_request
 
+    from urllib.parse import urlsplit
+
     endpoint = "/api/2.0/mlflow/registered-models/alias"
+    # the guard sees the full path: a server under a prefix (http://host/mlflow) gets /mlflow/api/...
+    signed_path = urlsplit(tracking_uri).path.rstrip("/") + endpoint
     body = json.dumps({"name": name, "alias": alias}).encode()
     response = http_request(get_default_host_creds(tracking_uri), endpoint, "DELETE", max_retries=0, data=body,
                             extra_headers={"Content-Type": "application/json",
-                                           HEADER: sign_request(service_key, "DELETE", endpoint, body)})
+                                           HEADER: sign_request(service_key, "DELETE", signed_path, body)})
     verify_rest_response(response, endpoint)
