@@ -6,19 +6,52 @@ integer map (class indices, 0 = background) of its image's size.
 One file is one sample: a 2D ``.npy``, a ``.png`` (grey or RGB, converted to grey), or a NIfTI file
 (``.nii``/``.nii.gz``) whose 2D image is one sample and whose 3D volume is split into slices along its
 last axis, with ids ``FILE#Z``. Values are kept as they are (float32); consumers normalise as they need.
+
+A folder may be hostile (a candidate's samples): every file is bounded by :class:`ReadLimits` from what it
+declares (its size on disk, the ``.npy`` header, the NIfTI header, the PNG header) before its pixel data is
+decoded or decompressed, and a folder by its file count and the decoded bytes of all its files.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import hashlib
+import math
+import os
 from pathlib import Path
 
 import numpy as np
 
-from gate.errors import InputError
+from gate.errors import InputError, LimitExceeded
 from gate.imageset import ImageSet, ManifestEntry
+from gate.textsafe import one_line
 
 SUFFIXES = (".npy", ".png", ".nii", ".nii.gz")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadLimits:
+    """What reading one folder may cost. The defaults admit real MRI with room to spare (a 512x512x512
+    float64 volume, 8192x8192 slices, 100 000 files) and refuse what only a bomb needs."""
+
+    #: one file on disk (an uncompressed 512x512x512 float32 NIfTI is 512 MiB)
+    max_file_bytes: int = 2**30
+    #: one 2D image (a .png, a 2D .npy or NIfTI), in pixels
+    max_image_pixels: int = 8192 * 8192
+    #: one volume (a 3D or 4D NIfTI, any .npy of more than 2 dimensions), in voxels: 512x512x1024
+    max_volume_voxels: int = 2**28
+    #: one file's array once decompressed and decoded, in bytes, as its header declares it
+    max_decoded_bytes: int = 2**30
+    #: supported image files in one folder
+    max_files: int = 100_000
+    #: the decoded bytes of all of one folder's files together
+    max_set_bytes: int = 4 * 2**30
+    #: where a NIfTI file's data may start (its header extensions sit before it, and are read whole)
+    max_nifti_offset: int = 16 * 2**20
+
+
+DEFAULT_LIMITS = ReadLimits()
 
 
 def _suffix(path: Path) -> str:
@@ -34,16 +67,99 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_one(path: Path, raw: bool = False) -> np.ndarray:
-    """The file's array, as float32 (PNG scaled to [0, 1]) or, with ``raw``, as stored (label maps)."""
+def _npy_header(path: Path) -> tuple[tuple[int, ...], int]:
+    """Shape and item size from a ``.npy`` header (never a pickle: object dtypes are refused)."""
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as f:
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(f)
+        else:
+            raise InputError(f"{one_line(path)}: unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise InputError(f"{one_line(path)}: .npy holds Python objects (a pickle), not numbers")
+    return tuple(int(n) for n in shape), dtype.itemsize
+
+
+def _nifti_header(path: Path, limits: ReadLimits) -> tuple[tuple[int, ...], int]:
+    """Shape and item size from the fixed part of a NIfTI-1/2 header: a few hundred bytes, read (and, for
+    .nii.gz, decompressed) alone, before nibabel reads the extensions up to the data offset it declares."""
+    import nibabel as nib
+
+    opener = gzip.open if _suffix(path) == ".nii.gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read(540)
+    sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+    klass = nib.Nifti1Header if 348 in sizes else nib.Nifti2Header if 540 in sizes else None
+    if klass is None or len(raw) < klass.template_dtype.itemsize:
+        raise InputError(f"{one_line(path)}: not a NIfTI-1 or NIfTI-2 file (bad header size)")
+    header = klass(raw[:klass.template_dtype.itemsize])
+    offset = float(header["vox_offset"])
+    if not offset <= limits.max_nifti_offset:
+        raise LimitExceeded(f"{one_line(path)}: NIfTI data offset {offset:.0f} is over the limit of "
+                            f"{limits.max_nifti_offset} bytes")
+    return tuple(int(n) for n in header.get_data_shape()), header.get_data_dtype().itemsize
+
+
+def _png_header(im) -> tuple[tuple[int, ...], int]:
+    """Shape and decoded bytes per pixel from an opened (not loaded) PIL image."""
+    per_band = {"1": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}.get(im.mode, 1)
+    width, height = im.size
+    return (height, width), per_band * len(im.getbands())
+
+
+def check_declared(path: Path, shape: tuple[int, ...], itemsize: int, limits: ReadLimits, spent: int = 0) -> int:
+    """Refuse what a header declares past the limits, before anything is decoded; the decoded bytes.
+    ``spent``: the decoded bytes of the files of the same set read before this one."""
+    count = math.prod(shape)
+    if len(shape) <= 2 and count > limits.max_image_pixels:
+        raise LimitExceeded(f"{one_line(path)}: image declares {count} pixels {_dims(shape)}, over the limit of "
+                            f"{limits.max_image_pixels}")
+    if len(shape) > 2 and count > limits.max_volume_voxels:
+        raise LimitExceeded(f"{one_line(path)}: volume declares {count} voxels {_dims(shape)}, over the limit of "
+                            f"{limits.max_volume_voxels}")
+    decoded = count * itemsize
+    if decoded > limits.max_decoded_bytes:
+        raise LimitExceeded(f"{one_line(path)}: declares {decoded} bytes once decoded {_dims(shape)}, over the "
+                            f"limit of {limits.max_decoded_bytes}")
+    if spent + decoded > limits.max_set_bytes:
+        raise LimitExceeded(f"{one_line(path)}: with this file the set decodes to more than {limits.max_set_bytes} "
+                            "bytes, the limit for one set")
+    return decoded
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "(" + "x".join(map(str, shape)) + ")"
+
+
+def _read_one(path: Path, raw: bool = False, limits: ReadLimits = DEFAULT_LIMITS,
+              spent: int = 0) -> tuple[np.ndarray, int]:
+    """The file's array, as float32 (PNG scaled to [0, 1]) or, with ``raw``, as stored (label maps), and its
+    decoded size in bytes; every limit is checked from the file's size and header first (``spent``: see
+    :func:`check_declared`)."""
     kind = _suffix(path)
     try:
+        size = path.stat().st_size
+        if size > limits.max_file_bytes:
+            raise LimitExceeded(f"{one_line(path)}: file is {size} bytes, over the limit of "
+                                f"{limits.max_file_bytes}")
         if kind == ".npy":
+            decoded = check_declared(path, *_npy_header(path), limits, spent)
             arr = np.load(path, allow_pickle=False)
         elif kind == ".png":
             from PIL import Image
 
-            with Image.open(path) as im:
+            try:
+                opened = Image.open(path)  # reads the header only
+            except Image.DecompressionBombError:
+                # PIL's own check (a process-wide setting, left as it is) fires past twice ~89M pixels
+                raise LimitExceeded(f"{one_line(path)}: image declares more than {limits.max_image_pixels} "
+                                    "pixels, the limit") from None
+            with opened as im:
+                decoded = check_declared(path, *_png_header(im), limits, spent)
                 im.load()
                 mode_max = {"I;16": 65535.0, "I": 65535.0, "F": 1.0}.get(im.mode, 255.0)
                 if im.mode not in ("L", "I;16", "I", "F"):
@@ -52,41 +168,62 @@ def _read_one(path: Path, raw: bool = False) -> np.ndarray:
         else:
             import nibabel as nib
 
+            decoded = check_declared(path, *_nifti_header(path, limits), limits, spent)
             arr = np.asarray(nib.load(str(path)).dataobj)
             arr = np.squeeze(arr) if arr.ndim > 3 else arr
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - every reader failure becomes one clear line
-        raise InputError(f"{path}: cannot read image: {type(exc).__name__}: {exc}") from None
+        raise InputError(f"{one_line(path)}: cannot read image: {type(exc).__name__}: {one_line(exc)}") from None
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise InputError(f"{path}: expected real numbers, found dtype {arr.dtype}")
-    return arr if raw else arr.astype(np.float32, copy=False)
+        raise InputError(f"{one_line(path)}: expected real numbers, found dtype {arr.dtype}")
+    return (arr if raw else arr.astype(np.float32, copy=False)), decoded
 
 
-def read_image_folder(folder: Path | str, name: str) -> ImageSet:
+def _list_images(folder: Path, name: str, limits: ReadLimits) -> list[Path]:
+    """The supported files directly in ``folder``, sorted by name; the listing stops past the limit."""
+    files = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file() and _suffix(Path(entry.name)) in SUFFIXES:
+                files.append(Path(entry.path))
+                if len(files) > limits.max_files:
+                    raise LimitExceeded(f"{one_line(folder)}: {name} folder holds more than {limits.max_files} "
+                                        "image files, the limit")
+    return sorted(files)
+
+
+
+def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> ImageSet:
     """All supported files directly in ``folder`` (sorted by name) as one checked image set; a folder
-    with ``images/`` (and ``labels/``) inside is read as a labelled set."""
+    with ``images/`` (and ``labels/``) inside is read as a labelled set. ``limits`` bound every file and
+    the folder (a labelled set's images and labels each count as one set)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: {name} folder does not exist")
+        raise InputError(f"{one_line(folder)}: {name} folder does not exist")
     if (folder / "images").is_dir():
-        images = read_image_folder(folder / "images", name)
+        images = read_image_folder(folder / "images", name, limits)
         if not (folder / "labels").is_dir():
             return images
-        return _with_labels(images, folder / "labels", name)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p) in SUFFIXES)
+        return _with_labels(images, folder / "labels", name, limits)
+    files = _list_images(folder, name, limits)
     if not files:
-        raise InputError(f"{folder}: {name} folder holds no images ({', '.join(SUFFIXES)})")
+        raise InputError(f"{one_line(folder)}: {name} folder holds no images ({', '.join(SUFFIXES)})")
     ids: list[str] = []
     images: list[np.ndarray] = []
     manifest: list[ManifestEntry] = []
+    spent = 0
     for path in files:
-        arr = _read_one(path)
+        arr, decoded = _read_one(path, limits=limits, spent=spent)
+        spent += decoded
         if arr.ndim == 3 and _suffix(path) in (".nii", ".nii.gz"):
             slices = [(f"{path.name}#{z}", arr[..., z]) for z in range(arr.shape[-1])]
             labels = [f"{path}#{z}" for z in range(arr.shape[-1])]
         elif arr.ndim == 2:
             slices, labels = [(path.name, arr)], [str(path)]
         else:
-            raise InputError(f"{path}: expected a 2D image (or a 3D NIfTI volume), got shape {arr.shape}")
+            raise InputError(f"{one_line(path)}: expected a 2D image (or a 3D NIfTI volume), "
+                             f"got shape {arr.shape}")
         for (sid, img), label in zip(slices, labels):
             check_image(img, label)
             ids.append(sid)
@@ -96,38 +233,44 @@ def read_image_folder(folder: Path | str, name: str) -> ImageSet:
     if len(shapes) > 1:
         first = images[0].shape
         odd = next(i for i, im in enumerate(images) if im.shape != first)
-        raise InputError(f"{folder}/{ids[odd]}: shape {images[odd].shape} differs from {ids[0]} {first}; "
+        raise InputError(f"{one_line(folder / ids[odd])}: shape {images[odd].shape} differs from "
+                         f"{one_line(ids[0])} {first}; "
                          f"all {name} images must have one size")
     return ImageSet(name=name, ids=tuple(ids), images=np.stack(images), manifest=tuple(manifest))
 
 
-def _with_labels(images: ImageSet, folder: Path, name: str) -> ImageSet:
+def _with_labels(images: ImageSet, folder: Path, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> ImageSet:
     """Attach the label maps in ``folder`` (same file names as the images) to ``images``."""
-    by_name = {p.name: p for p in folder.iterdir() if p.is_file() and _suffix(p) in SUFFIXES}
+    by_name = {p.name: p for p in _list_images(folder, f"{name} labels", limits)}
     image_files = [Path(e.path) for e in images.manifest]
     missing = [p.name for p in image_files if p.name not in by_name]
     if missing:
-        raise InputError(f"{folder}: no label file for {len(missing)} {name} image(s), e.g. {missing[0]} "
+        raise InputError(f"{one_line(folder)}: no label file for {len(missing)} {name} image(s), e.g. "
+                         f"{one_line(missing[0])} "
                          "(labels/ must hold a file of the same name for each image)")
     extra = sorted(set(by_name) - {p.name for p in image_files})
     if extra:
-        raise InputError(f"{folder}/{extra[0]}: a label file without an image in {folder.parent / 'images'}")
+        raise InputError(f"{one_line(folder / extra[0])}: a label file without an image in "
+                         f"{one_line(folder.parent / 'images')}")
     maps: list[np.ndarray] = []
     manifest = list(images.manifest)
+    spent = 0
     for img_path in image_files:
         path = by_name[img_path.name]
-        arr = _read_one(path, raw=True)
+        arr, decoded = _read_one(path, raw=True, limits=limits, spent=spent)
+        spent += decoded
         arr = np.squeeze(arr) if arr.ndim > 3 else arr
         slices = [arr[..., z] for z in range(arr.shape[-1])] if arr.ndim == 3 else [arr]
         for z, lab in enumerate(slices):
-            label = f"{path}#{z}" if arr.ndim == 3 else str(path)
+            label = one_line(f"{path}#{z}" if arr.ndim == 3 else path)
             if not is_label_map(lab):
                 raise InputError(f"{label}: a label map must hold non-negative integers (class indices)")
             maps.append(lab.astype(np.int64))
         manifest.append(ManifestEntry(str(path), sha256_file(path)))
     if len(maps) != len(images) or any(m.shape != images.shape for m in maps):
         odd = next((i for i, m in enumerate(maps) if m.shape != images.shape), len(maps) - 1)
-        raise InputError(f"{folder}: label map for {images.ids[min(odd, len(images) - 1)]} is "
+        raise InputError(f"{one_line(folder)}: label map for {one_line(images.ids[min(odd, len(images) - 1)])} "
+                         "is "
                          f"{maps[odd].shape if maps else ()} but the images are {images.shape}")
     return ImageSet(name=name, ids=images.ids, images=images.images, manifest=tuple(manifest),
                     labels=np.stack(maps).astype(np.int64))
@@ -140,6 +283,7 @@ def is_label_map(arr: np.ndarray) -> bool:
 
 def check_image(img: np.ndarray, label: str) -> None:
     """``label`` names the image in the error: a path, ``PATH#Z`` or a generated sample id."""
+    label = one_line(label)
     if img.ndim != 2:
         raise InputError(f"{label}: expected a 2D image, got shape {img.shape}")
     if min(img.shape) < 8:
