@@ -146,9 +146,11 @@ class _RecordReader(threading.Thread):
     """Reads ``.npy`` records from the child's pipe under a byte budget. Only numeric dtypes are
     accepted, the header is parsed by numpy's literal parser, and nothing is ever unpickled."""
 
-    def __init__(self, stream, budget: int, expected: int, on_record: Callable[[int], None]) -> None:
+    def __init__(self, stream, budget: int, expected: int, on_record: Callable[[int], None],
+                 on_refusal: Callable[[], None]) -> None:
         super().__init__(daemon=True)
         self.stream, self.budget, self.expected, self.on_record = stream, budget, expected, on_record
+        self.on_refusal = on_refusal  # stop the child at once: it would block on the pipe until the time limit
         self.records: list[np.ndarray] = []
         self.problem: str | None = None
         self.over_budget = False
@@ -187,6 +189,7 @@ class _RecordReader(threading.Thread):
                 raise ValueError("more output than the batches asked for")
         except Exception as exc:  # noqa: BLE001 - whatever the child sent, it is refused with the reason
             self.problem = str(exc)[:300]
+            self.on_refusal()
 
 
 def _tail_reader(stream, keep: int) -> tuple[threading.Thread, bytearray]:
@@ -241,7 +244,13 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
             progress(min(plan.batch_size, plan.n - (k - 1) * plan.batch_size))
             done[0] = k
 
-        reader = _RecordReader(proc.stdout, limits.max_output_mb * 2**20, plan.batches, on_record)
+        def stop() -> None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+        reader = _RecordReader(proc.stdout, limits.max_output_mb * 2**20, plan.batches, on_record, stop)
         reader.start()
         err_thread, err_tail = _tail_reader(proc.stderr, STDERR_TAIL)
         timed_out = False
@@ -259,8 +268,11 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
                                 f"{limits.timeout_s:g} s (after {done[0]} of {plan.batches} batches); it was killed")
         if reader.over_budget:
             raise LimitExceeded(f"{where}: {reader.problem}")
+        if reader.problem:
+            raise InputError(f"{where}: the sampler's answer is out of contract: {reader.problem}")
         if proc.returncode != 0:
-            raise InputError(f"{where}: {_failure(proc.returncode, stderr, limits, done[0], plan)}")
+            limited, message = _failure(proc.returncode, stderr, limits, done[0], plan)
+            raise (LimitExceeded if limited else InputError)(f"{where}: {message}")
         if reader.problem or len(reader.records) != plan.batches:
             raise InputError(f"{where}: the sampler's answer is out of contract: "
                              f"{reader.problem or f'{len(reader.records)} of {plan.batches} batches'}")
@@ -275,18 +287,18 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _failure(code: int, stderr: str, limits: SandboxLimits, batches_done: int, plan: SamplingPlan) -> str:
-    """One line: the generator's own message for its failure when it gave one, else the limit it hit."""
+def _failure(code: int, stderr: str, limits: SandboxLimits, batches_done: int, plan: SamplingPlan) -> tuple[bool, str]:
+    """(whether a limit stopped it, one line): the limit it hit, else the generator's own message."""
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    mine = [ln[len("gate-sampler: "):] for ln in lines if ln.startswith("gate-sampler: ")]
+    mine = [_printable(ln[len("gate-sampler: "):], 500) for ln in lines if ln.startswith("gate-sampler: ")]
+    out_of_memory = "MemoryError" in stderr or "Cannot allocate memory" in stderr or "std::bad_alloc" in stderr
+    if out_of_memory or code in (-signal.SIGXCPU, -signal.SIGKILL, -signal.SIGSEGV):
+        return True, (f"the generator was stopped after {batches_done} of {plan.batches} batches: it exceeded "
+                      f"spec.candidate.max_memory_mb = {limits.max_memory_mb} or its CPU time (exit {code})")
     if mine:
-        b = plan.seed
-        return f"generator failed on {mine[-1][:500]} (seeds start at {b}, batch size {plan.batch_size})"
-    if code == -signal.SIGXCPU or code == -signal.SIGKILL or "MemoryError" in stderr or "Cannot allocate" in stderr:
-        return (f"the generator was stopped after {batches_done} of {plan.batches} batches: it exceeded "
-                f"spec.candidate.max_memory_mb = {limits.max_memory_mb} or its CPU time "
-                f"(exit {code}; {_printable(lines[-1]) if lines else 'no output'})")
-    return f"the generator process failed (exit {code}): {_printable(lines[-1]) if lines else 'no output'}"
+        return False, f"generator failed on {mine[-1]}"
+    last = _printable(lines[-1]) if lines else "no output"
+    return False, f"the generator process failed (exit {code}): {last}"
 
 
 def _printable(text: str, limit: int = 300) -> str:
