@@ -5,34 +5,67 @@ the policy), and gate's own exit code (0 pass, 1 blocked, 2 bad input, 3 validat
 
 Inputs come from the environment (``GATE_POLICY``, ``GATE_MODEL``, ``GATE_SAMPLES``,
 ``GATE_TRACKING_URI``, ``GATE_OUT``), never interpolated into a shell script.
+
+What gate printed may carry hostile text (a folder name, a model name, an error): it is echoed between
+``::stop-commands::`` and a random token, and each of its lines is neutralised as well (the runner reads
+stdout and stderr apart, so their order against the token is not guaranteed), so that it cannot issue a
+workflow command; the summary it falls back on is Markdown-escaped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+from gate.render.markdown import md_text
+from gate.textsafe import one_line
+
 MAX_ANNOTATIONS = 10  # GitHub shows 10 annotations of a kind per step
 
 
 def _escape_data(s: str) -> str:
-    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    # GitHub's documented escaping of a command's data; ``##[`` (the old syntax) shown behind a backslash too
+    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A").replace("##[", "##\\[")
 
 
 def _escape_property(s: str) -> str:
     return _escape_data(s).replace(":", "%3A").replace(",", "%2C")
 
 
+def neutralise_log(text: str) -> str:
+    """``text`` with no line the runner would take for a workflow command: it reads one where a line, its
+    leading blanks trimmed, starts with ``::``, and, in the old syntax, wherever ``##[`` appears. Lines are
+    split as the runner splits them (at CR as well as LF); such a line is shown behind a backslash."""
+    lines = []
+    for line in text.splitlines():
+        line = line.replace("##[", "##\\[")
+        lines.append("\\" + line if line.lstrip().startswith("::") else line)
+    return "".join(line + "\n" for line in lines)
+
+
+def echo_without_commands(stdout: str, stderr: str, token: str | None = None) -> None:
+    """Echo a child's output so that none of it acts as a workflow command (see :func:`neutralise_log`)."""
+    token = token or secrets.token_hex(16)
+    print(f"::stop-commands::{token}", flush=True)
+    print(neutralise_log(stdout), end="", flush=True)
+    print(neutralise_log(stderr), end="", file=sys.stderr, flush=True)
+    print(f"::{token}::", flush=True)
+
+
 def set_output(name: str, value: str, env=os.environ) -> None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+        raise ValueError(f"not an output name: {one_line(name)}")
     path = env.get("GITHUB_OUTPUT")
     if not path:
         return
     with open(path, "a", encoding="utf-8") as f:
-        if "\n" in value:
+        if "\n" in value or "\r" in value:
             delim = f"ghadelim_{uuid.uuid4().hex}"
             f.write(f"{name}<<{delim}\n{value}\n{delim}\n")
         else:
@@ -64,17 +97,16 @@ def main(env=os.environ) -> int:
         args += ["--samples", env["GATE_SAMPLES"]]
     if env.get("GATE_TRACKING_URI"):
         args += ["--tracking-uri", env["GATE_TRACKING_URI"]]
-    print("::group::gate validate")
+    print("::group::gate validate", flush=True)
     proc = subprocess.run(args, capture_output=True, text=True, env=dict(env))
-    print(proc.stdout, end="")
-    print(proc.stderr, end="", file=sys.stderr)
+    echo_without_commands(proc.stdout, proc.stderr)
     print("::endgroup::")
     report_path = out / "report.json"
     if not report_path.is_file():  # bad input: gate wrote its one error line and no report
-        reason = (proc.stderr.strip().splitlines() or ["gate wrote no report"])[-1]
+        reason = one_line((proc.stderr.strip().splitlines() or ["gate wrote no report"])[-1])
         print(f"::error title=gate::{_escape_data(reason)}")
         set_output("verdict", "error", env)
-        _summary(f"## gate: ❌ not validated\n\n{reason}\n", env)
+        _summary(f"## gate: ❌ not validated\n\n{md_text(reason)}\n", env)
         return proc.returncode or 2
     report = json.loads(report_path.read_text(encoding="utf-8"))
     for line in annotations(report, policy):

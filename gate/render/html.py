@@ -11,7 +11,8 @@ from gate.validators import Figure
 
 
 def render_html(report: Report, figures: dict[str, list[Figure]]) -> str:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("gate.render", "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    # every value in the report may come from input (folder and model names, ids, errors): escape all of
+    # it in every template, whatever its file name (select_autoescape goes by the extension)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("gate.render", "templates"), autoescape=True)
     env.filters["b64"] = lambda data: base64.b64encode(data).decode()
     return env.get_template("report.html.j2").render(r=report, p=report.provenance, figures=figures)
