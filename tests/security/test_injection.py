@@ -135,3 +135,13 @@ def test_github_step_bad_input_is_neutralised(tmp_path, mri):
     errors = [line for line in res.stdout.splitlines() if line.startswith("::error title=gate::")]
     assert len(errors) == 1 and "%0A" not in errors[0] and "\\x0a::notice" in errors[0], errors
     _assert_markdown_neutral(summary)
+
+
+def test_neutralise_log_leaves_no_line_the_runner_reads_as_a_command():
+    from gate.github_step import neutralise_log
+
+    text = "ok\n  ::notice::x\r::add-mask::y\r\n\t::error::z\n\u00a0::stop-commands::t\nsee ##[warning]w\n"
+    out = neutralise_log(text)
+    lines = re.split(r"\r\n|\r|\n", out)
+    assert not [line for line in lines if line.lstrip().startswith("::") or "##[" in line], lines
+    assert lines[:3] == ["ok", "\\  ::notice::x", "\\::add-mask::y"] and "see ##\\[warning]w" in lines
