@@ -153,7 +153,7 @@ def _read_one(path: Path, raw: bool = False, limits: ReadLimits = DEFAULT_LIMITS
             from PIL import Image
 
             try:
-                opened = Image.open(path)  # reads the header only
+                opened = Image.open(path, formats=["PNG"])  # the header only; a .png must be a PNG
             except Image.DecompressionBombError:
                 # PIL's own check (a process-wide setting, left as it is) fires past twice ~89M pixels
                 raise LimitExceeded(f"{one_line(path)}: image declares more than {limits.max_image_pixels} "

@@ -174,3 +174,15 @@ def test_gate_validate_exits_2_naming_the_limit(tmp_path, mri):
     assert res.exit_code == 2, res.output
     assert "volume declares 599785472 voxels (1024x1024x572), over the limit of 268435456" in res.output
     assert time.perf_counter() - started < 30
+
+
+def test_a_png_must_be_a_png(tmp_path):
+    # PIL picks its decoder from the content: a ".png" that is another format would reach another decoder
+    from PIL import Image
+
+    folder = tmp_path / "fake"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "gif.png", format="GIF")
+    with pytest.raises(InputError) as info:
+        read_image_folder(folder, "candidate")
+    assert str(info.value).startswith(f"{folder / 'gif.png'}: cannot read image: UnidentifiedImageError")
