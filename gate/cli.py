@@ -12,8 +12,10 @@ from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from gate.errors import ExitCode, GateError, InputError, Refusal
+from gate.textsafe import one_line
 
 COMMANDS_GROUP = "gate.commands"
 DEFAULT_POLICY = Path("policies/default.yaml")
@@ -64,15 +66,17 @@ def fail(exc: GateError) -> None:
 def report_result(result, quiet: bool) -> None:
     r = result.report
     colour = {"pass": "green", "fail": "red", "error": "magenta"}[r.verdict]
-    what = result.model.version_uri if result.model else str(r.provenance.samples_dir)
-    out.print(f"[bold {colour}]{r.verdict.upper()}[/] {what}: {r.summary}", highlight=False)
+    # names and messages come from the input: shown on one line, never read as rich markup
+    what = escape(one_line(result.model.version_uri if result.model else str(r.provenance.samples_dir)))
+    out.print(f"[bold {colour}]{r.verdict.upper()}[/] {what}: {escape(one_line(r.summary, 2000))}", highlight=False)
     if not quiet:
         for c in r.checks:
             for o in c.rules:
                 mark = "[green]ok[/]" if o.passed else ("[red]FAILED[/]" if o.severity == "block" else "[yellow]warn[/]")
                 value = "NaN" if o.value is None else f"{o.value:.4g}"
                 out.print(f"  {mark} {c.id}.{o.metric} = {value} (needs {o.condition})", highlight=False)
-    out.print(f"reports: {result.out}/report.html (report.json sha256 {result.report_sha256[:12]})", highlight=False)
+    out.print(f"reports: {escape(one_line(result.out))}/report.html (report.json sha256 {result.report_sha256[:12]})",
+              highlight=False)
 
 
 PolicyOpt = typer.Option(DEFAULT_POLICY, "--policy", "-p", help="YAML policy file")

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from gate.report import Report
+from gate.textsafe import one_line
 
 _PLAIN = {"≤": "<=", "≥": ">=", "—": "-", "–": "-", "…": "...", "×": "x", "±": "+/-", "→": "->", "ρ": "rho",
           "√": "sqrt", "‘": "'", "’": "'", "“": '"', "”": '"', "✅": "[ok]", "❌": "[X]", "⚠": "[!]"}
@@ -45,7 +46,8 @@ def render_pdf(report: Report, attestation: str | None = None) -> bytes:
         pdf.set_font("Helvetica", "B", 9)
         pdf.cell(45, 5, _text(label))
         pdf.set_font("Helvetica", "", 9)
-        pdf.multi_cell(width - 45, 5, _text(value), new_x="LMARGIN", new_y="NEXT")
+        # a field is one line: a folder or model name with newlines must not forge lines of the report
+        pdf.multi_cell(width - 45, 5, _text(one_line(value, 4000)), new_x="LMARGIN", new_y="NEXT")
 
     def mono(text: str) -> None:
         pdf.set_font("Courier", "", 7)
@@ -55,7 +57,7 @@ def render_pdf(report: Report, attestation: str | None = None) -> bytes:
     pdf.set_font("Helvetica", "B", 16)
     pdf.multi_cell(width, 9, _text(f"gate compliance report: {report.verdict.upper()}"), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 9)
-    pdf.multi_cell(width, 5, _text(report.summary), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(width, 5, _text(one_line(report.summary, 4000)), new_x="LMARGIN", new_y="NEXT")
 
     heading("1. What was validated")
     if p.model:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from gate.engine import Outcome
+from gate.render.csvsafe import neutralise_formulas
 from gate.render.html import render_html
 from gate.render.junit import render_junit
 from gate.render.markdown import render_summary
@@ -33,7 +34,8 @@ def write_reports(outcome: Outcome, out_dir: Path, sign: Callable[[str], str] | 
     try:
         report = outcome.report
         for check_id, table in outcome.tables.items():
-            table.to_csv(stage / "samples" / f"{check_id}.csv", index=False, float_format="%.6g")
+            # cells that a spreadsheet would run as formulas (a sample id like =HYPERLINK(...)) are neutralised
+            neutralise_formulas(table).to_csv(stage / "samples" / f"{check_id}.csv", index=False, float_format="%.6g")
         if outcome.gx_evidence:
             (stage / "gx_validation.json").write_text(json.dumps(outcome.gx_evidence, indent=1, default=str))
         (stage / "report.html").write_text(render_html(report, outcome.figures), encoding="utf-8")

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from gate.errors import Refusal
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (delivery_id TEXT PRIMARY KEY, received_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -32,7 +34,7 @@ CREATE TABLE IF NOT EXISTS alias_holders (name TEXT NOT NULL, alias TEXT NOT NUL
 """
 
 
-class Replay(Exception):
+class Replay(Refusal):
     """This delivery id was accepted before."""
 
 

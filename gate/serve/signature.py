@@ -15,12 +15,14 @@ import hmac
 import json
 from typing import Any, Mapping
 
+from gate.errors import Refusal
+
 SIGNATURE_HEADER = "x-mlflow-signature"
 DELIVERY_HEADER = "x-mlflow-delivery-id"
 TIMESTAMP_HEADER = "x-mlflow-timestamp"
 
 
-class DeliveryRejected(Exception):
+class DeliveryRejected(Refusal):
     """The delivery is not to be trusted or not understood; ``status`` is the HTTP answer (4xx, so that
     MLflow does not retry it), ``kind`` a short fixed name for the reason (refusals are counted by it)."""
 

@@ -8,9 +8,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from gate.errors import ValidatorError
 
-class TimeBudgetExceeded(RuntimeError):
-    pass
+
+class TimeBudgetExceeded(ValidatorError):
+    """The check ran past its ``time_budget_s``: not validated (exit 3)."""
 
 
 def build_unet(n_classes: int, channels: tuple[int, ...]) -> torch.nn.Module:
