@@ -145,3 +145,21 @@ def test_interrupt_is_exit_130(mri, tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["validate", "--samples", str(mri["novel"]), "--policy", str(policy),
                                    "--out", str(tmp_path / "out"), "--quiet"])
     assert res.exit_code == 130 and "interrupted" in res.output, res.output
+
+
+def test_a_signed_validation_refuses_data_overrides_unless_the_policy_allows_them(mri, tmp_path, monkeypatch):
+    """A pass earned against another train folder must not be signed as the policy's."""
+    monkeypatch.chdir(tmp_path)
+    private, _ = A.generate_keypair()
+    (tmp_path / "k.key").write_bytes(private)
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"], n_samples=4, params=CHEAP)
+    args = ["promote", "--model", "models:/anything/1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+            "--policy", str(policy), "--out", str(tmp_path / "out"), "--quiet", "--signing-key", str(tmp_path / "k.key"),
+            "--train", str(mri["novel"])]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "allow_overrides" in res.output, res.output
+    assert not (tmp_path / "out").exists()
+    # allowed by the policy: the check passes on to the model (which does not exist here: exit 2 naming it)
+    policy.write_text(policy.read_text().replace("  data:\n", "  data:\n    allow_overrides: true\n"))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "allow_overrides" not in res.output and "models:/anything/1" in res.output, res.output
