@@ -35,6 +35,9 @@ def sign_validation(tracking_uri: str, ref: ModelRef, report: Report, report_sha
     from gate import __version__
 
     model = report.provenance.model or {}
+    if report.provenance.isolation != "bubblewrap":  # the pipeline refuses first; this holds for any caller
+        raise A.AttestationError(f"the candidate was sampled at isolation level {report.provenance.isolation!r}, "
+                                 "not 'bubblewrap': refusing to sign")
     digest = model.get("artifacts_sha256")
     if not (isinstance(digest, str) and len(digest) == 64):
         raise A.AttestationError("the report does not record the digest of the sampled model files "

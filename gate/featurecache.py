@@ -43,10 +43,13 @@ class FeatureCache:
         self.folder = Path(folder)
 
     def _secret(self) -> bytes:
-        """The folder's key, made on first use; two writers racing both end up with the winner's."""
+        """The folder's key, made on first use; two writers racing both end up with the winner's. A key
+        file that is not one (damaged, planted) is replaced: every entry then reads as tampered."""
         path = self.folder / KEY_FILE
         try:
-            return _read_key(path)
+            key = path.read_bytes()
+            if len(key) == 32:
+                return key
         except FileNotFoundError:
             pass
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -55,12 +58,20 @@ class FeatureCache:
         with os.fdopen(fd, "wb") as fh:
             fh.write(secrets.token_bytes(32))
         try:
-            os.link(tmp, path)  # atomic: fails if another writer got there first
+            if path.exists():
+                os.replace(tmp, path)  # a bad key: replaced outright
+            else:
+                os.link(tmp, path)  # atomic: fails if another writer got there first
         except FileExistsError:
             pass
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
         return _read_key(path)
+
+    def rotate_key(self) -> None:
+        """Forget the key: every entry written until now reads as ``tampered`` and is recomputed. For
+        after candidate code ran with the file system in view (isolation level ``process``)."""
+        (self.folder / KEY_FILE).unlink(missing_ok=True)
 
     def _mac(self, key: str, body: bytes) -> str:
         return hmac.new(self._secret(), key.encode() + b"\0" + hashlib.sha256(body).digest(), "sha256").hexdigest()

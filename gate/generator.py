@@ -92,8 +92,11 @@ def log_generator(
     example_shape: tuple[int, int] = (128, 128),
     pip_requirements: list[str] | None = None,
     tags: dict[str, str] | None = None,
+    code_paths: list[str] | None = None,
 ):
     """Log ``generator`` as a pyfunc with the contract's signature and register a new version of it.
+    The sampler sees only installed packages and the model's own files: give the local modules the
+    generator imports as ``code_paths`` (its own module is pickled by value when not installed).
 
     Returns the :class:`mlflow.entities.model_registry.ModelVersion`.
     """
@@ -115,15 +118,19 @@ def log_generator(
     exp_id = validation_experiment_id(client, tracking_uri, experiment)  # artifacts beside an embedded store
     run = client.create_run(exp_id, run_name=f"log-{registered_model_name}")
     run_id = run.info.run_id
-    with tempfile.TemporaryDirectory(prefix="gate-log-") as tmp, warnings.catch_warnings(), \
-            _pickled_by_value(type(generator)):
-        # the signature already states the contract; an input example would run the generator at log time
-        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        path = Path(tmp) / "generator"
-        # save locally, then upload through the client: no process-wide tracking URI is ever set
-        mlflow.pyfunc.save_model(path, python_model=generator, artifacts=artifacts, signature=signature,
-                                 pip_requirements=pip_requirements or ["numpy", "pandas"])
-        client.log_artifacts(run_id, str(path), artifact_path="generator")
+    try:
+        with tempfile.TemporaryDirectory(prefix="gate-log-") as tmp, warnings.catch_warnings(), \
+                _pickled_by_value(type(generator)):
+            # the signature already states the contract; an input example would run the generator at log time
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            path = Path(tmp) / "generator"
+            # save locally, then upload through the client: no process-wide tracking URI is ever set
+            mlflow.pyfunc.save_model(path, python_model=generator, artifacts=artifacts, signature=signature,
+                                     pip_requirements=pip_requirements or ["numpy", "pandas"], code_paths=code_paths)
+            client.log_artifacts(run_id, str(path), artifact_path="generator")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
     client.set_terminated(run_id)
     try:
         client.create_registered_model(registered_model_name)

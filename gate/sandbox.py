@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import resource
 import shutil
@@ -77,32 +78,49 @@ def probe_isolation() -> str:
         return PROCESS
     try:
         with tempfile.TemporaryDirectory(prefix="gate-probe-") as empty:
-            cmd = _bwrap_args(bwrap, [], Path(empty)) + ["/bin/sh", "-c", "true"]
+            cmd = _bwrap_args(bwrap, [(Path(empty), "/gate/probe")]) + ["/bin/sh", "-c", "true"]
             done = subprocess.run(cmd, capture_output=True, timeout=30, env={})
     except (OSError, subprocess.TimeoutExpired):
         return PROCESS
     return BUBBLEWRAP if done.returncode == 0 else PROCESS
 
 
-def python_roots() -> list[Path]:
-    """What the child must see to run Python and import gate: the interpreter's prefixes and, for an
-    editable install, gate's own source folders (never the folder they sit in, which holds ``.gate/``)."""
+def gate_code_dirs() -> list[Path]:
+    """gate's own packages (for an editable install, folders of the checkout)."""
     import gate
 
-    roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(gate.__file__).parent}
+    dirs = [Path(gate.__file__).parent]
     try:
         import gate_plugins
 
-        roots.add(Path(gate_plugins.__file__).parent)
+        dirs.append(Path(gate_plugins.__file__).parent)
     except ImportError:
         pass
-    real = {Path(os.path.realpath(sys.executable)).parent.parent}
-    return sorted({r.resolve() for r in roots | real if r.exists()})
+    return [d.resolve() for d in dirs]
 
 
-def _bwrap_args(bwrap: str, binds: list[tuple[Path, str]], tmp: Path) -> list[str]:
-    args = [bwrap, "--unshare-all", "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+def python_roots() -> list[Path]:
+    """What the child must see to run Python and import gate: the interpreter's prefixes and, for an
+    editable install, gate's own source folders (never the folder they sit in, which holds ``.gate/``)."""
+    roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
+             Path(os.path.realpath(sys.executable)).parent.parent, *gate_code_dirs()}
+    roots = sorted({r.resolve() for r in roots if r.exists()})
+    if Path("/") in roots:
+        raise SandboxError(f"the Python installation ({sys.executable}) sits at the file system's root: the "
+                           "sandbox would see everything; install Python under a prefix of its own")
+    return roots
+
+
+def _bwrap_args(bwrap: str, binds: list[tuple[Path, str]], tmp_bytes: int = 256 * 2**20,
+                hidden: list[Path] = ()) -> list[str]:
+    """The sandbox's mounts, in order: system folders, Python, the candidate's inputs; then an empty
+    tmpfs over every ``hidden`` path (the working directory, ``.gate/``, the reports, the key) that
+    happens to lie inside a bound folder (``WORKDIR /usr/src/app``); then the bound folders that lie
+    inside a hidden one (a virtual environment in the project, gate's own code) again on top."""
+    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+            "--die-with-parent", "--new-session", "--clearenv", "--proc", "/proc", "--dev", "/dev",
+            "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--size", str(16 * 2**20), "--tmpfs", "/dev/shm",
+            "--chdir", "/tmp"]
     for d in SYSTEM_DIRS:
         if os.path.islink(d):
             args += ["--symlink", os.readlink(d), d]
@@ -113,7 +131,18 @@ def _bwrap_args(bwrap: str, binds: list[tuple[Path, str]], tmp: Path) -> list[st
             args += ["--ro-bind", f, f]
     for src, dst in binds:
         args += ["--ro-bind", str(src), dst]
-    del tmp  # the sandbox's /tmp is a fresh tmpfs; the host folder is only for the process level
+    system = [Path(d) for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+    bound = system + [Path(src) for src, dst in binds if str(src) == dst]  # bound at their own path
+    covered = []
+    for h in hidden:
+        h = Path(os.path.realpath(h))
+        target = h if h.is_dir() or not h.exists() else h.parent
+        if any(target.is_relative_to(src) for src in bound):
+            args += ["--tmpfs", str(target)]
+            covered.append(target)
+    for src in bound:
+        if any(src != t and src.is_relative_to(t) for t in covered):
+            args += ["--ro-bind", str(src), str(src)]
     return args
 
 
@@ -122,22 +151,28 @@ def child_environment(threads: int) -> dict[str, str]:
     candidate code."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
-           "PYTHONDONTWRITEBYTECODE": "1"}
+           "PYTHONDONTWRITEBYTECODE": "1",
+           # glibc reserves 64 MB of address space per thread arena: many cores would eat max_memory_mb
+           "MALLOC_ARENA_MAX": "2"}
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[key] = str(threads)
     return env
 
 
 def _limit_resources(limits: SandboxLimits) -> Callable[[], None]:
-    mem = int(limits.max_memory_mb) * 2**20
-    cpu = int(limits.timeout_s * max(1, limits.threads)) + 30
-    fsize = int(limits.max_output_mb) * 2**20
+    wanted = {resource.RLIMIT_AS: int(limits.max_memory_mb) * 2**20,
+              resource.RLIMIT_CPU: int(limits.timeout_s * max(1, limits.threads)) + 30,
+              resource.RLIMIT_FSIZE: int(limits.max_output_mb) * 2**20, resource.RLIMIT_CORE: 0}
+    # never above a hard limit this process already has (a container's ulimit): lowering is all we may do
+    final = {}
+    for which, value in wanted.items():
+        _soft, hard = resource.getrlimit(which)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        final[which] = value
 
     def apply() -> None:  # runs in the child between fork and exec
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        for which, value in final.items():
+            resource.setrlimit(which, (value, value))
 
     return apply
 
@@ -167,22 +202,23 @@ class _RecordReader(threading.Thread):
                 major, _minor = self.stream.read(2)
                 read_header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
                 shape, fortran, dtype = read_header(self.stream, max_header_size=1024)
-                if dtype.hasobject or dtype.kind not in "biuf" or len(shape) > 4:
-                    raise ValueError(f"batch {len(self.records)}: dtype {dtype.str} and {len(shape)} axes are not "
+                if dtype.hasobject or dtype.kind not in "biuf" or len(shape) > 4 or any(d < 0 for d in shape):
+                    raise ValueError(f"batch {len(self.records)}: dtype {dtype.str} and shape {shape} are not "
                                      "an image array")
-                size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                size = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
                 if size > self.budget:
                     self.over_budget = True
                     raise ValueError(f"batch {len(self.records)}: {size / 2**20:.0f} MB is more than the "
                                      f"{self.budget / 2**20:.0f} MB left of spec.candidate.max_output_mb")
                 self.budget -= size
-                data = bytearray()
-                while len(data) < size:
-                    chunk = self.stream.read(min(size - len(data), 1 << 22))
-                    if not chunk:
+                data = bytearray(size)
+                view, got = memoryview(data), 0
+                while got < size:
+                    n = self.stream.readinto(view[got:got + (1 << 22)])
+                    if not n:
                         raise ValueError(f"batch {len(self.records)}: the record was cut off")
-                    data += chunk
-                arr = np.frombuffer(bytes(data), dtype=dtype).reshape(shape, order="F" if fortran else "C")
+                    got += n
+                arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
                 self.records.append(arr)
                 self.on_record(len(self.records))
             if self.stream.read(1):
@@ -207,7 +243,7 @@ def _tail_reader(stream, keep: int) -> tuple[threading.Thread, bytearray]:
 
 def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits, isolation: str, *,
                       labels: np.ndarray | None = None, progress: Callable[[int], None] = lambda _n: None,
-                      where: str = "candidate") -> list[np.ndarray]:
+                      where: str = "candidate", hidden: list[Path] = ()) -> list[np.ndarray]:
     """The generator's raw output, one array per batch (batch ``b`` drawn with seed ``plan.seed + b``).
     Raises :class:`InputError` when the generator fails or answers out of contract, :class:`LimitExceeded`
     past a limit, :class:`SandboxError` when the sandbox itself cannot run."""
@@ -226,7 +262,8 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
             if bwrap is None:
                 raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
             binds = [(r, str(r)) for r in python_roots()] + [(inputs, "/gate/input"), (Path(model_dir), "/gate/model")]
-            cmd = _bwrap_args(bwrap, binds, scratch) + child + ["/gate/input", "/gate/model"]
+            tmp_bytes = min(limits.max_memory_mb, 1024) * 2**20
+            cmd = _bwrap_args(bwrap, binds, tmp_bytes, [Path.cwd(), *hidden]) + child + ["/gate/input", "/gate/model"]
             cwd = None
         else:
             cmd = child + [str(inputs), str(model_dir)]
@@ -236,8 +273,8 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True,
                                     preexec_fn=_limit_resources(limits))
-        except OSError as exc:
-            raise SandboxError(f"cannot start the sampler ({exc.strerror or exc})") from None
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxError(f"cannot start the sampler ({getattr(exc, 'strerror', None) or exc})") from None
         done = [0]
 
         def on_record(k: int) -> None:
@@ -292,7 +329,9 @@ def _failure(code: int, stderr: str, limits: SandboxLimits, batches_done: int, p
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     mine = [_printable(ln[len("gate-sampler: "):], 500) for ln in lines if ln.startswith("gate-sampler: ")]
     out_of_memory = "MemoryError" in stderr or "Cannot allocate memory" in stderr or "std::bad_alloc" in stderr
-    if out_of_memory or code in (-signal.SIGXCPU, -signal.SIGKILL, -signal.SIGSEGV):
+    killed = {sig for sig in (signal.SIGXCPU, signal.SIGKILL, signal.SIGSEGV)}
+    # a signal shows as -N from a plain child, as 128+N from bubblewrap (which reports its child's death)
+    if out_of_memory or -code in killed or code - 128 in killed:
         return True, (f"the generator was stopped after {batches_done} of {plan.batches} batches: it exceeded "
                       f"spec.candidate.max_memory_mb = {limits.max_memory_mb} or its CPU time (exit {code})")
     if mine:

@@ -20,6 +20,7 @@ from gate.render.writer import write_reports
 from gate.report import Report
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
+CACHE_DIR = Path(".gate") / "cache"  # relative: the working directory's, as the embedded store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,13 +103,18 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         tracking_uri = resolve_tracking_uri(req.tracking_uri)
         check_reachable(tracking_uri)
         ref = resolve_model(req.model, tracking_uri)
-        candidate, model_info = draw_candidate(ref, tracking_uri, inputs, isolation, progress)
+        hidden = [Path(req.out), *([req.signing_key] if req.signing_key else [])]
+        candidate, model_info = draw_candidate(ref, tracking_uri, inputs, isolation, progress, hidden)
+        if isolation != BUBBLEWRAP:  # it could read the cache's key: nothing it may have written is trusted
+            from gate.featurecache import FeatureCache
+
+            FeatureCache(CACHE_DIR).rotate_key()
     else:
         candidate = read_image_folder(req.samples, "candidate")
 
     run_id = recording.start_validation_run(ref, tracking_uri, inputs.policy.model.metadata.name) if ref else None
     try:
-        outcome = run(inputs, candidate, cache_dir=Path(".gate") / "cache", model_info=model_info, samples_dir=req.samples,
+        outcome = run(inputs, candidate, cache_dir=CACHE_DIR, model_info=model_info, samples_dir=req.samples,
                       candidate_folder=req.samples, mlflow_run_id=run_id, tracking_uri=tracking_uri,
                       progress=progress, isolation=isolation, data_overrides=overrides)
         sign = None
@@ -139,7 +145,7 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
 
 
 def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: str,
-                   progress: ProgressFactory) -> tuple[ImageSet, dict]:
+                   progress: ProgressFactory, hidden: list[Path] = ()) -> tuple[ImageSet, dict]:
     """Download the version's artifacts once, hash them, and sample exactly that copy in the sandbox."""
     from gate.attestation import artifacts_digest
     from gate.registry import download_model, make_read_only
@@ -160,7 +166,8 @@ def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: 
             digest = artifacts_digest(model_dir)
             make_read_only(model_dir)
             raw = sample_in_sandbox(model_dir, plan, limits, isolation, labels=condition,
-                                    progress=progress(f"sampling {ref.version_uri}", c.n_samples), where=ref.uri)
+                                    progress=progress(f"sampling {ref.version_uri}", c.n_samples), where=ref.uri,
+                                    hidden=list(hidden))
         finally:
             _make_removable(Path(tmp))
     candidate = assemble_samples(raw, plan, condition)

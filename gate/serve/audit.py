@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -163,6 +164,8 @@ def verify_audit_log(path: Path, key: bytes, expected_head: str | None = None) -
     """Walk the chain; :class:`AuditError` at the first broken line. With ``expected_head`` (a head
     recorded earlier) the log must still contain that entry, so lines cut off the end are caught."""
     path = Path(path)
+    if expected_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expected_head):
+        raise AuditError("the expected head is not a head (64 lowercase hex digits, as the service prints it)")
     if not path.is_file():
         raise AuditError(f"{path}: no such audit log")
     raw = path.read_bytes()

@@ -238,3 +238,65 @@ def test_no_signature_without_isolation(mri, tmp_path, monkeypatch):
     report = json.loads((tmp_path / "unsigned" / "report.json").read_text())
     assert report["provenance"]["isolation"] == "process" and (tmp_path / "loot.json").exists()
     assert not (tmp_path / "unsigned" / "attestation.dsse.json").exists()
+
+
+def _npy_record(header: str) -> bytes:
+    h = header.encode("latin1")
+    h += b" " * (64 - (10 + len(h) + 1) % 64) + b"\n"
+    return np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + len(h).to_bytes(2, "little") + h
+
+
+@pytest.mark.parametrize("shape", ["(-1, 1099511627776)", "(4611686018427387904, 4, 1)", "(0, -5)"])
+def test_a_forged_record_header_cannot_lift_the_output_budget(shape):
+    """A candidate can write to the protocol pipe itself: a negative or overflowing shape must not add
+    to the budget (it once subtracted a negative size) nor pass as an empty batch."""
+    import io
+
+    from gate.sandbox import _RecordReader
+
+    good = io.BytesIO()
+    np.lib.format.write_array(good, np.zeros((8, 8), np.float32))
+    forged = _npy_record(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}")
+    stopped = []
+    reader = _RecordReader(io.BytesIO(forged + good.getvalue()), 1000, 2, lambda _k: None, lambda: stopped.append(1))
+    reader.run()
+    assert reader.problem and not reader.records and reader.budget <= 1000 and stopped
+
+
+def test_gate_files_inside_a_bound_folder_stay_hidden(mri, tmp_path, monkeypatch):
+    """A working directory inside a folder the sandbox must bind (`WORKDIR /usr/src/app`; here: inside
+    the Python prefix) is covered by an empty tmpfs: its .gate/ (keys, cache) is not in view."""
+    import shutil
+    import sys
+    import uuid
+
+    from gate.registry import download_model, resolve_model
+    from gate.sandbox import SamplingPlan, SandboxLimits, sample_in_sandbox
+
+    work = Path(sys.prefix) / f"gate-test-workdir-{uuid.uuid4().hex[:8]}"
+    (work / ".gate" / "keys").mkdir(parents=True)
+    try:
+        (work / ".gate" / "keys" / "gate-signing.key").write_text("secret")
+        monkeypatch.chdir(work)
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        mv, _ = log_generator(PathProbe(str(work / ".gate" / "keys" / "gate-signing.key")), "probe", tracking_uri=uri)
+        ref = resolve_model(f"models:/probe/{mv.version}", uri)
+        raw = sample_in_sandbox(download_model(ref, uri, tmp_path / "dl"), SamplingPlan("unconditional", 1, 0, 1),
+                                SandboxLimits(timeout_s=120), BUBBLEWRAP)
+        assert float(raw[0].ravel()[0]) == 0.0  # 1.0 would mean the key file was readable
+        assert float(raw[0].ravel()[1]) == 1.0  # and gate itself still imported (the prefix was re-bound)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class PathProbe(ImageGenerator):
+    def __init__(self, path: str):
+        self.path = path
+
+    def generate(self, n, seed):
+        import gate  # noqa: F401 - what the sampler itself needs
+
+        img = np.zeros((1, 16, 16), np.float32)
+        img[0, 0, 0] = float(os.path.exists(self.path))
+        img[0, 0, 1] = 1.0
+        return img
