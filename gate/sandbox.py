@@ -119,8 +119,7 @@ def _bwrap_args(bwrap: str, binds: list[tuple[Path, str]], tmp_bytes: int = 256 
     inside a hidden one (a virtual environment in the project, gate's own code) again on top."""
     args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
             "--die-with-parent", "--new-session", "--clearenv", "--proc", "/proc", "--dev", "/dev",
-            "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--size", str(16 * 2**20), "--tmpfs", "/dev/shm",
-            "--chdir", "/tmp"]
+            "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--size", str(16 * 2**20), "--tmpfs", "/dev/shm"]
     for d in SYSTEM_DIRS:
         if os.path.islink(d):
             args += ["--symlink", os.readlink(d), d]
@@ -143,7 +142,8 @@ def _bwrap_args(bwrap: str, binds: list[tuple[Path, str]], tmp_bytes: int = 256 
     for src in bound:
         if any(src != t and src.is_relative_to(t) for t in covered):
             args += ["--ro-bind", str(src), str(src)]
-    return args
+    # a working directory of its own, empty: /tmp may hold the mount points of folders bound under it
+    return args + ["--size", str(16 * 2**20), "--tmpfs", "/gate/work", "--chdir", "/gate/work"]
 
 
 def child_environment(threads: int) -> dict[str, str]:
