@@ -93,11 +93,16 @@ def test_sign_validation_refuses_without_the_sampled_digest(keys):
 
     prov = Provenance(gate_version="0", model={"name": "gen", "version": "3", "creation_timestamp": 1},
                       policy_path="p.yaml", policy_name="p", policy_sha256="b" * 64, data=[], validators={},
-                      libraries={}, seeds={}, started_at="", finished_at="")
+                      libraries={}, seeds={}, started_at="", finished_at="", isolation="bubblewrap")
     report = Report(verdict="pass", mode="enforce", blocking=False, summary="", checks=[], provenance=prov)
     ref = ModelRef("gen", "3", "models:/m-123", None, "models:/gen/3")
     with pytest.raises(A.AttestationError, match="artifacts_sha256.*refusing to sign"):
         sign_validation("http://127.0.0.1:9", ref, report, "a" * 64, keys / "one.key")
+    # and whatever the caller, a candidate sampled without bubblewrap is never signed
+    unisolated = report.model_copy(update={"provenance": prov.model_copy(update={
+        "isolation": "process", "model": {**prov.model, "artifacts_sha256": "c" * 64}})})
+    with pytest.raises(A.AttestationError, match="isolation level 'process'.*refusing to sign"):
+        sign_validation("http://127.0.0.1:9", ref, unisolated, "a" * 64, keys / "one.key")
 
 
 def test_gate_verify_exits_4_for_a_valid_failing_attestation(keys, tmp_path):
