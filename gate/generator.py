@@ -172,19 +172,23 @@ def sample_generator(model, n: int, seed: int, batch_size: int, progress=lambda 
     registry candidate is never sampled this way: :func:`gate.sandbox.sample_in_sandbox` runs it."""
     plan = _plan(mode, n, seed, batch_size, condition_labels)
     raw = []
-    for b, start in enumerate(range(0, n, batch_size)):
-        k = min(batch_size, n - start)
+    for b, start, k in plan.spans():
         try:
-            if mode == "conditional":
-                given = np.ascontiguousarray(condition_labels[start:start + k], dtype=np.int64)
-                raw.append(model.predict({"labels": given, "seed": np.array([seed + b], dtype=np.int64)}))
-            else:
-                raw.append(model.predict(pd.DataFrame({"n": [k], "seed": [seed + b]})))
+            raw.append(draw_batch(model, plan, b, start, k, condition_labels))
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"generator failed on batch {b} (n={k}, seed={seed + b}): "
                              f"{type(exc).__name__}: {exc}") from None
         progress(k)
     return assemble_samples(raw, plan, condition_labels)
+
+
+def draw_batch(model, plan, b: int, start: int, k: int, condition_labels: np.ndarray | None = None) -> Any:
+    """One call of the contract: batch ``b`` (``k`` samples, seed ``plan.seed + b``); a conditional
+    generator gets the ``k`` label maps from ``start``. The sandbox's sampler makes the same call."""
+    if plan.mode == "conditional":
+        given = np.ascontiguousarray(condition_labels[start:start + k], dtype=np.int64)
+        return model.predict({"labels": given, "seed": np.array([plan.seed + b], dtype=np.int64)})
+    return model.predict(pd.DataFrame({"n": [k], "seed": [plan.seed + b]}))
 
 
 def _plan(mode: str, n: int, seed: int, batch_size: int, condition_labels: np.ndarray | None):
@@ -202,9 +206,7 @@ def assemble_samples(raw_batches: list[Any], plan, condition_labels: np.ndarray 
     if len(raw_batches) != plan.batches:
         raise InputError(f"the generator answered {len(raw_batches)} of {plan.batches} batches")
     batches, label_batches = [], []
-    for b, out in enumerate(raw_batches):
-        start = b * plan.batch_size
-        k = min(plan.batch_size, plan.n - start)
+    for (b, start, k), out in zip(plan.spans(), raw_batches):
         label = f"generator batch {b}"
         if plan.mode == "paired":
             images, labels = split_paired_output(out, k, label)

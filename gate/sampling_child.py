@@ -30,7 +30,7 @@ def _protocol_stream():
 def main(argv: list[str]) -> int:
     proto = _protocol_stream()
     input_dir, model_dir = Path(argv[0]), Path(argv[1])
-    plan = json.loads((input_dir / "plan.json").read_text(encoding="utf-8"))
+    asked = json.loads((input_dir / "plan.json").read_text(encoding="utf-8"))
 
     import warnings
 
@@ -38,19 +38,16 @@ def main(argv: list[str]) -> int:
 
     warnings.filterwarnings("ignore")  # MLflow's dependency and type-hint warnings say nothing about the model
     import mlflow.pyfunc
-    import pandas as pd
+
+    from gate.generator import draw_batch
+    from gate.sandbox import SamplingPlan
 
     model = mlflow.pyfunc.load_model(str(model_dir))
-    labels = np.load(input_dir / "labels.npy", allow_pickle=False) if plan["mode"] == "conditional" else None
-    n, seed, batch_size = int(plan["n"]), int(plan["seed"]), int(plan["batch_size"])
-    for b, start in enumerate(range(0, n, batch_size)):
-        k = min(batch_size, n - start)
+    plan = SamplingPlan(**asked)
+    labels = np.load(input_dir / "labels.npy", allow_pickle=False) if plan.mode == "conditional" else None
+    for b, start, k in plan.spans():
         try:
-            if labels is not None:
-                out = model.predict({"labels": np.ascontiguousarray(labels[start:start + k], dtype=np.int64),
-                                     "seed": np.array([seed + b], dtype=np.int64)})
-            else:
-                out = model.predict(pd.DataFrame({"n": [k], "seed": [seed + b]}))
+            out = draw_batch(model, plan, b, start, k, labels)
             arr = np.asarray(out)
             if arr.dtype == object:
                 raise TypeError(f"the generator returned {type(out).__name__} of objects, not numbers")

@@ -66,6 +66,11 @@ class SamplingPlan:
     def batches(self) -> int:
         return -(-self.n // self.batch_size)
 
+    def spans(self):
+        """(batch index, first sample, samples in it) of every batch, in order."""
+        for b, start in enumerate(range(0, self.n, self.batch_size)):
+            yield b, start, min(self.batch_size, self.n - start)
+
 
 def bubblewrap_path() -> str | None:
     return shutil.which("bwrap")
