@@ -55,6 +55,8 @@ class Detector:
     cache_dir: Path | None = None
     #: misaligned copies of each train image whose feature changes the whitening learns to ignore
     nuisance_copies: int = 2
+    #: p-values beyond the null's largest value from its fitted tail (False: conformal only, the floor 1/(n+1))
+    tail: bool = True
 
     @property
     def transforms(self) -> list[str]:
@@ -109,7 +111,7 @@ class Detector:
         train_layers = [r[:n] for r in reference]  # transform 0 is the identity
         cal = self.features(calibration, progress) if calibration is not None else None
         self.calibration_features_ = cal
-        self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed).fit(
+        self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed, self.tail).fit(
             train_layers, reference, len(self.transforms), cal, nuisance if self.nuisance_copies else None)
         return self
 

@@ -7,6 +7,7 @@ Layers are lists of ``[n, C_k]`` feature arrays, one per layer, rows aligned acr
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal, Sequence
 
 import numpy as np
@@ -191,6 +192,8 @@ class MemorizationIndex:
     covariance: Covariance = "ledoit_wolf"
     n_splits: int = 10
     seed: int = 1234
+    #: continue p-values beyond the null's largest value down a fitted tail (False: conformal only)
+    tail: bool = True
 
     def fit(self, train_layers: Sequence[np.ndarray], reference_layers: Sequence[np.ndarray] | None = None,
             n_transforms: int = 1, calibration_layers: Sequence[np.ndarray] | None = None,
@@ -216,7 +219,13 @@ class MemorizationIndex:
             self.null_ = self.paper_null_
             self.calibration_ = "train_halves"
         self.mu0_, self.sigma0_ = null_moments(self.null_)
+        self.tail_ = fit_tail(fisher_z(self.null_)) if self.tail else None
         return self
+
+    def p_values(self, s: np.ndarray) -> np.ndarray:
+        """Per-sample p-values against the calibration null; the tail is fitted on Fisher's z of the
+        similarities, the scale on which a correlation's law is unbounded and near-symmetric."""
+        return tail_p_values(fisher_z(s), fisher_z(self.null_), self.tail_)
 
     def _similarities(self, query_layers):
         if len(query_layers) != len(self.whiteners_):
@@ -231,7 +240,12 @@ class MemorizationIndex:
         nn, transform = rows % self.n_train_, rows // self.n_train_
         mi, oni = mi_oni(s, self.mu0_, self.sigma0_)
         return Scores(similarity=s, per_layer=per_layer, nn_index=nn, nn_transform=transform,
-                      consensus=consensus(list(nn)), mi=mi, oni=oni, p_value=conformal_p_values(s, self.null_))
+                      consensus=consensus(list(nn)), mi=mi, oni=oni, p_value=self.p_values(s))
+
+
+def fisher_z(s: np.ndarray) -> np.ndarray:
+    """``atanh`` of a similarity clamped to [0, 1): order-preserving, so conformal p-values are unchanged."""
+    return np.arctanh(np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0 - 1e-12))
 
 
 def leave_one_out_p_values(null: np.ndarray) -> np.ndarray:
@@ -267,3 +281,142 @@ def self_check(planted_p: np.ndarray, novel_p: np.ndarray | None, fdr: float) ->
         reasons.append(f"{false} of {len(novel_p)} known-novel holdout images were flagged "
                        f"(more than the FDR {fdr:g} allows among {hit + false} flags)")
     return SelfCheck(len(planted_p), hit, len(novel_p), false, not reasons, "; ".join(reasons))
+
+
+# --- p-values beyond the null's resolution, and a set-level test with stated error rates -------------
+
+#: fewest null values above the tail threshold for a tail to be fitted (fewer: conformal p-values only)
+MIN_TAIL_EXCEEDANCES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class TailModel:
+    """The upper tail of a null: its exceedances over ``threshold`` (a high quantile) follow a
+    generalised Pareto law with ``shape >= 0`` and ``scale`` (peaks over threshold, Pickands 1975).
+
+    It is only used to continue p-values beyond the null's largest value, where conformal p-values
+    stop at ``1 / (n + 1)``: ``p(s) = S(s - u) / S(max - u) / (n + 1)``. Two choices keep it
+    conservative. The shape is clipped at 0: a similarity is bounded, so its true tail is lighter than
+    exponential (shape < 0), and extrapolating a fitted negative shape would end the tail (p = 0) at a
+    guessed endpoint. The scale is the upper end of its one-sided ``confidence`` interval (exact for
+    the exponential: chi-square with ``2 n_u`` degrees of freedom), so a small null gives wider tails,
+    not smaller p-values."""
+
+    threshold: float
+    null_max: float
+    n_null: int
+    n_exceed: int
+    shape: float
+    scale: float          # conservative (upper confidence bound)
+    scale_fitted: float   # maximum likelihood
+    fit_p: float          # Kolmogorov-Smirnov p of the exceedances against the fitted law (approximate)
+
+    def survival(self, excess: np.ndarray) -> np.ndarray:
+        x = np.maximum(np.asarray(excess, dtype=np.float64), 0.0)
+        if self.shape < 1e-9:
+            return np.exp(-x / self.scale)
+        return (1.0 + self.shape * x / self.scale) ** (-1.0 / self.shape)
+
+
+def fit_tail(null: np.ndarray, quantile: float = 0.75, confidence: float = 0.95) -> TailModel | None:
+    """Fit the null's upper tail above its ``quantile``; ``None`` when fewer than
+    ``MIN_TAIL_EXCEEDANCES`` values lie above it (a tail of so few points says nothing)."""
+    from scipy import stats
+
+    v = np.asarray(null, dtype=np.float64)
+    u = float(np.quantile(v, quantile))
+    y = v[v > u] - u
+    if len(y) < MIN_TAIL_EXCEEDANCES or float(y.mean()) <= 0.0:
+        return None
+    shape, _, scale = stats.genpareto.fit(y, floc=0.0)
+    if not np.isfinite(shape) or shape < 0.0:
+        shape, scale = 0.0, float(y.mean())  # the exponential's maximum-likelihood scale
+    shape = float(shape)  # a heavier fitted tail is kept: it only makes p-values larger
+    fit_p = float(stats.kstest(y, stats.genpareto(shape, 0.0, scale).cdf).pvalue)
+    inflate = 2.0 * len(y) / stats.chi2.ppf(1.0 - confidence, 2 * len(y))
+    return TailModel(threshold=u, null_max=float(v.max()), n_null=len(v), n_exceed=len(y), shape=shape,
+                     scale=float(scale) * inflate, scale_fitted=float(scale), fit_p=fit_p)
+
+
+def tail_p_values(s: np.ndarray, null: np.ndarray, tail: TailModel | None) -> np.ndarray:
+    """Conformal p-values inside the null's range (exact, distribution-free); beyond its largest
+    value they continue down the fitted tail from the conformal floor ``1 / (n + 1)``."""
+    p = conformal_p_values(s, null)
+    if tail is None:
+        return p
+    s = np.asarray(s, dtype=np.float64)
+    beyond = s > tail.null_max
+    ratio = tail.survival(s[beyond] - tail.threshold) / tail.survival(np.array([tail.null_max - tail.threshold]))
+    p[beyond] = ratio / (tail.n_null + 1.0)
+    return p
+
+
+def leave_one_out_tail_p_values(null: np.ndarray, quantile: float = 0.75, confidence: float = 0.95,
+                                tail: bool = True) -> np.ndarray:
+    """Each null draw's p-value against the others, as a novel sample's would be. Only the largest draw
+    lies beyond the others' range, so only its p-value needs the tail refitted without it."""
+    v = np.asarray(null, dtype=np.float64)
+    p = leave_one_out_p_values(v)
+    if tail and len(v) > 1:
+        top = int(np.argmax(v))
+        rest = np.delete(v, top)
+        p[top] = tail_p_values(v[top:top + 1], rest, fit_tail(rest, quantile, confidence))[0]
+    return p
+
+
+def simes_p_value(p: np.ndarray) -> float:
+    """The global test behind Benjamini-Hochberg: ``min_j m p_(j) / j``. Under the null that no sample
+    is a copy it is a valid p-value for independent or positively dependent p-values (conformal
+    p-values against one null are positively dependent, Bates et al. 2023), and BH flags anything
+    exactly when it is at most the FDR level."""
+    p = np.sort(np.asarray(p, dtype=np.float64))
+    if len(p) == 0:
+        return 1.0
+    return float(min(1.0, np.min(len(p) * p / np.arange(1, len(p) + 1))))
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerAnalysis:
+    """What the set-level test can promise at these sizes, for copies like the planted ones.
+
+    ``caught_alone`` is the share of planted copies whose p-value alone rejects (``m p <= alpha``,
+    Simes' first term), so the probability of refusing a generator that copies a share ``c`` of its
+    ``m`` samples is at least ``1 - (1 - c * caught_alone) ** m``."""
+
+    alpha: float
+    n_samples: int
+    n_null: int
+    caught_alone: float
+    false_refusal: float         # nominal: alpha (the test's level)
+    copy_rate_90: float | None   # smallest copy rate refused with probability >= 0.9 (None: none)
+
+    def refusal_probability(self, copy_rate: float, n_samples: int | None = None) -> float:
+        m = self.n_samples if n_samples is None else n_samples
+        return float(1.0 - (1.0 - min(1.0, copy_rate * self.caught_alone)) ** m)
+
+    def samples_needed(self, copy_rate: float, at_least: float) -> int | None:
+        hit = copy_rate * self.caught_alone
+        if hit <= 0.0:
+            return None
+        if hit >= 1.0:
+            return 1
+        return int(math.ceil(math.log(1.0 - at_least) / math.log(1.0 - hit)))
+
+
+def power_analysis(planted_p: np.ndarray, n_samples: int, n_null: int, alpha: float) -> PowerAnalysis:
+    caught = float(np.mean(np.asarray(planted_p) * n_samples <= alpha)) if len(planted_p) else 0.0
+    rate = (1.0 - 0.1 ** (1.0 / n_samples)) / caught if caught > 0 else None
+    return PowerAnalysis(alpha=alpha, n_samples=n_samples, n_null=n_null, caught_alone=caught,
+                         false_refusal=alpha, copy_rate_90=rate if rate is not None and rate <= 1.0 else None)
+
+
+def count_test_p_value(s: np.ndarray, null: np.ndarray) -> tuple[int, float]:
+    """A model-free check beside the tail: how many samples exceed the null's largest value, and the
+    exact probability of at least that many for a novel set. Under exchangeability the share of the
+    sample distribution above the maximum of ``n`` null draws is Beta(1, n), so the count is
+    beta-binomial(m, 1, n). Valid without any tail model, but weak when the null is small."""
+    from scipy import stats
+
+    s, v = np.asarray(s, dtype=np.float64), np.asarray(null, dtype=np.float64)
+    k = int(np.sum(s > v.max()))
+    return k, float(stats.betabinom(len(s), 1, len(v)).sf(k - 1))

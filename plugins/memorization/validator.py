@@ -21,6 +21,13 @@ from gate_plugins.memorization.transforms import apply, transform_set
 from gate_plugins.memorization.volumes import copied_volumes
 
 
+class PowerRequirement(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    copy_rate: float = Field(gt=0, lt=1, description="share of copied samples the check must be able to refuse")
+    at_least: float = Field(gt=0, lt=1, description="with at least this probability (else the check errs)")
+
+
 class MemorizationParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,6 +52,13 @@ class MemorizationParams(BaseModel):
     fdr: float = Field(0.05, gt=0, lt=1, description="false-discovery rate of the BH flags")
     mi_threshold: float = Field(3.0, allow_inf_nan=False, description="MI above which a sample is flagged "
                                                                       "(flagging: mi_threshold)")
+    tail: bool = Field(True, description="p-values beyond the null's largest value from a generalised Pareto "
+                                         "tail fitted to it (false: conformal only, floor 1/(n_null+1))")
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="false-refusal rate of the set-level copy test "
+                                                         "(copy_test_p, copying_detected) for an honest generator")
+    power: PowerRequirement | None = Field(
+        None, description="refuse to vouch for a pass unless copying at copy_rate is refused with probability "
+                          ">= at_least at these sizes (the report says how many samples or holdout images it takes)")
     cache: bool = Field(True, description="reuse reference features from the content-addressed cache")
     self_check: bool = Field(True, description="on every run, plant augmented train copies (and, with a holdout, "
                                                "use the holdout as known-novel) and check the flags")
@@ -66,6 +80,13 @@ class MemorizationValidator:
         MetricDef("n_flagged", "flagged", "sum", "number of samples flagged as copies"),
         MetricDef("copied_fraction", "copy_evidence", "mean",
                   "Storey estimate of the fraction of copied samples (0 on average for a novel set)"),
+        MetricDef("copy_test_p", None, "scalar", "set-level p-value that no sample is a copy (Simes over the "
+                                                 "per-sample p-values; small when some samples are copies)"),
+        MetricDef("copying_detected", None, "scalar", "1 when copy_test_p <= alpha: the set test refuses it as "
+                                                      "copying, with false-refusal rate alpha for novel samples"),
+        MetricDef("n_beyond_null", None, "scalar", "samples more similar to train than every calibration image"),
+        MetricDef("count_test_p", None, "scalar", "model-free p-value of n_beyond_null (beta-binomial under "
+                                                  "exchangeability; no tail model, weaker with a small null)"),
         MetricDef("p_min", "p_value", "min", "smallest per-sample p-value"),
         MetricDef("similarity_mean", "similarity", "mean", "mean aggregated 1-NN cosine similarity s"),
         # the paper's baselines, in the same feature space (see README); they describe, the index decides
@@ -99,7 +120,8 @@ class MemorizationValidator:
 
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
-                            context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies)
+                            context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies,
+                            params.tail)
         n_ref = len(train) * (len(detector.transforms) + params.nuisance_copies) + (len(holdout) if use_holdout else 0)
         tick = context.progress(f"memorization: {extractor.name} reference", n_ref)
         detector.fit(train.images, digest=train.manifest_sha256(),
@@ -118,9 +140,27 @@ class MemorizationValidator:
             if emb_hold is not None else float("nan"),
         }
 
-        check = self_error = None
+        m, n_null = len(cand), len(index.null_)
+        scalars["copy_test_p"] = maths.simes_p_value(scores.p_value)
+        scalars["copying_detected"] = float(scalars["copy_test_p"] <= params.alpha)
+        n_beyond, scalars["count_test_p"] = maths.count_test_p_value(scores.similarity, index.null_)
+        scalars["n_beyond_null"] = float(n_beyond)
+
+        check = planted_p = None
         if params.self_check:
-            check, self_error = self._self_check(detector, train.images, params, context.seed)
+            check, planted_p = self._self_check(detector, train.images, params, context.seed)
+        power = maths.power_analysis(planted_p if planted_p is not None else np.zeros(0), m, n_null, params.alpha)
+        # the self-check and the power requirement decide whether a *pass* can be vouched for; a set the
+        # test already refuses as copying fails on that evidence, whatever they found
+        problems = []
+        if check is not None and not check.passed:
+            problems.append(f"memorization self-check failed: {check.reason}; the detector is not fit for this "
+                            "data, so this check cannot vouch for the candidate")
+        if params.power is not None and check is None:
+            problems.append("memorization power: the power analysis needs self_check: true (its planted copies)")
+        elif params.power is not None:
+            problems.extend(_power_shortfall(power, params.power, index.tail_ is not None))
+        self_error = "; ".join(problems) if problems and not scalars["copying_detected"] else None
 
         if params.flagging == "bh":
             flagged = maths.benjamini_hochberg(scores.p_value, params.fdr)
@@ -146,7 +186,6 @@ class MemorizationValidator:
         volumes = copied_volumes(table["sample_id"], table["nn_train_id"], flagged)
         scalars["n_copied_volumes"] = float(sum(v.copied for v in volumes))
 
-        m, n_null = len(cand), len(index.null_)
         p_floor = 1.0 / (n_null + 1)
         null_mi = (index.null_ - index.mu0_) / index.sigma0_
         paper_mi = (index.paper_null_ - index.mu0_) / index.sigma0_
@@ -173,8 +212,12 @@ class MemorizationValidator:
                 "paper_null_mu0": float(index.paper_null_.mean()), "paper_null_sigma0": float(index.paper_null_.std()),
                 "paper_null_size": int(len(index.paper_null_)),
                 "p_value_floor": p_floor,
-                # BH can only flag k samples out of m if k >= m * p_floor / fdr (the smallest p is p_floor)
-                "min_flaggable_copies": int(math.ceil(m * p_floor / params.fdr)),
+                # without a tail BH can only flag k samples out of m if k >= m * p_floor / fdr
+                "min_flaggable_copies": 1 if index.tail_ is not None else int(math.ceil(m * p_floor / params.fdr)),
+                "tail_model": dataclasses.asdict(index.tail_) if index.tail_ is not None else None,
+                "power": {**dataclasses.asdict(power), "refusal_probability": {
+                    f"{c:g}": power.refusal_probability(c) for c in (0.01, 0.02, 0.05, 0.1)}},
+                "unneeded_for_refusal": problems if problems and scalars["copying_detected"] else [],
                 "copied_fraction_ci95": _storey_ci(evidence),
                 "whitening_shrinkage": {layer: w.shrinkage for layer, w in zip(extractor.layers, index.whiteners_)},
                 "train_size": len(train), "candidate_size": m,
@@ -203,7 +246,8 @@ class MemorizationValidator:
         """Known positives: augmented copies of train images (a random transform of the invariance set,
         noise of 1 % of the range, intensity x U[0.9, 1.1]). Known negatives: the holdout, each image
         scored against the others (leave-one-out), when the run is calibrated on a holdout. Held-out
-        train images are not used as negatives: slices of a training subject look like copies of it."""
+        train images are not used as negatives: slices of a training subject look like copies of it.
+        Returns the check and the planted copies' p-values (the power analysis's copies)."""
         rng = np.random.default_rng(seed + 7919)
         transforms = transform_set(params.invariance)
         src = rng.choice(len(train), size=params.self_check_copies, replace=params.self_check_copies > len(train))
@@ -214,18 +258,33 @@ class MemorizationValidator:
             planted.append(img * rng.uniform(0.9, 1.1) + rng.normal(0, 0.01 * span, img.shape))
         index = detector.index_
         planted_p = index.score(detector.features(np.stack(planted).astype(np.float32))).p_value
-        novel_p = maths.leave_one_out_p_values(index.null_) if index.calibration_ == "holdout" else None
+        novel_p = (maths.leave_one_out_tail_p_values(maths.fisher_z(index.null_), tail=params.tail)
+                   if index.calibration_ == "holdout" else None)
         check = maths.self_check(planted_p, novel_p, params.fdr)
-        if check.passed:
-            return check, None
-        n = len(index.null_)
-        hint = ""
-        if check.planted_flagged < check.n_planted and 1 / (n + 1) > params.fdr * check.n_planted / (
-                check.n_planted + check.n_novel):
-            hint = (f" (with {n} calibration images the smallest p-value, 1/{n + 1}, is too coarse for BH at "
-                    f"fdr {params.fdr:g}: give a larger holdout, more self_check_copies or a larger fdr)")
-        return check, (f"memorization self-check failed: {check.reason}{hint}; the detector is not fit for "
-                       "this data, so this check cannot vouch for the candidate")
+        if not check.passed and check.planted_flagged < check.n_planted and index.tail_ is None:
+            n = len(index.null_)
+            check = dataclasses.replace(check, reason=check.reason + (
+                f" (with {n} calibration images no tail could be fitted and the smallest p-value, 1/{n + 1}, "
+                f"may be too coarse for BH at fdr {params.fdr:g}: give at least "
+                f"{maths.MIN_TAIL_EXCEEDANCES * 5} holdout images)"))
+        return check, planted_p
+
+
+def _power_shortfall(power: maths.PowerAnalysis, need, tail_fitted: bool) -> list[str]:
+    """The sizes this run would need to refuse copying at ``need.copy_rate`` with ``need.at_least``."""
+    got = power.refusal_probability(need.copy_rate)
+    if got >= need.at_least:
+        return []
+    n = power.samples_needed(need.copy_rate, need.at_least)
+    ways = [f"draw at least {n} samples (candidate.n_samples)"] if n is not None else []
+    if not tail_fitted:
+        ways.append(f"give at least {maths.MIN_TAIL_EXCEEDANCES * 5} holdout images, so that a tail can be "
+                    "fitted to the null")
+    elif power.caught_alone < 0.5:
+        ways.append("give more holdout images (a larger null fits a narrower tail)")
+    return [f"memorization power: with {power.n_samples} samples and {power.n_null} calibration images this "
+            f"check refuses a generator that copies {need.copy_rate:.0%} of its samples with probability "
+            f"{got:.2f}, below the policy's {need.at_least:g}; " + " or ".join(ways or ["use a larger holdout"])]
 
 
 def _storey_ci(evidence: np.ndarray) -> list[float]:
