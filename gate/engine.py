@@ -119,6 +119,11 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
             outcomes.append(outcome)
             if outcome.value is None and outcome.severity == "block":  # cannot be evaluated: not validated
                 _mark_error([result], check.id, f"metric {rule.metric} could not be computed (NaN) for its rule")
+        if out.cannot_vouch:
+            if any(not o.passed and o.value is not None and o.severity == "block" for o in result.rules):
+                result.diagnostics = {**result.diagnostics, "cannot_vouch_for_a_pass": out.cannot_vouch}
+            else:
+                _mark_error([result], check.id, out.cannot_vouch)
         result.samples_csv = f"samples/{check.id}.csv"
         results.append(result)
 

@@ -88,6 +88,10 @@ class CheckOutput:
     #: set when the validator ran but cannot vouch for its result (e.g. a failed self-check): the
     #: metrics are kept in the report, and the check counts as an error, so it blocks
     error: str | None = None
+    #: set when the validator cannot vouch for a *pass* at these sizes or on this data (e.g. its
+    #: self-check failed): the check is an error, unless one of its block rules fails anyway, in which
+    #: case it fails on that evidence (a plain copier is refused as one) and the reason is kept
+    cannot_vouch: str | None = None
     #: metrics the validator's own self-test found insensitive on this data, with the reason: their
     #: block rules are reported as warnings unless the policy pins them
     insensitive: dict[str, str] = dataclasses.field(default_factory=dict)

@@ -58,6 +58,12 @@ def _tpr_at(labels: np.ndarray, scores: np.ndarray, fpr_max: float) -> float:
     return float(tpr[fpr <= fpr_max].max())
 
 
+def _evidence(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The per-sample statistic a variant decides with: -log10 of its p-value (retrieval alone, or
+    retrieval and verification combined), ties (inside the null's range) broken by the similarity."""
+    return -np.log10(np.maximum(p, 1e-300)) + 1e-6 * s
+
+
 def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detector], *,
                   calibration: np.ndarray | None = None, conditions=tuple(CONDITIONS) + tuple(EXTRA_CONDITIONS),
                   levels=LEVELS, fdr: float = 0.05, seed: int = 0) -> BenchResult:
@@ -77,7 +83,7 @@ def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detec
         test_layers = det.features(test)
         extract_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        base = det.index_.score(test_layers)
+        base = det.score(test, layers=test_layers)
         search_s = time.perf_counter() - t0
         stats[label] = VariantStats(
             extract_images_per_s=len(test) / extract_s, search_queries_per_s=len(test) / max(search_s, 1e-9),
@@ -91,14 +97,15 @@ def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detec
             emb_real = det.embed(det.features(calibration)) if calibration is not None else None
         for cond, cont in contaminations.items():
             copy_layers = det.features(cont.copies)
-            copies = det.index_.score(copy_layers)
+            copies = det.score(cont.copies, layers=copy_layers)
             emb_copies = det.embed(copy_layers) if first else None
             for level in levels:
                 labels, used = cont.at(level, len(test))
                 s, p, mi = base.similarity.copy(), base.p_value.copy(), base.mi.copy()
                 pos = cont.positions[used]
                 s[pos], p[pos], mi[pos] = copies.similarity[used], copies.p_value[used], copies.mi[used]
-                row = BenchRow(label, cond, level, float(roc_auc_score(labels, s)), _tpr_at(labels, s, 0.01),
+                evidence = _evidence(p, s)
+                row = BenchRow(label, cond, level, float(roc_auc_score(labels, evidence)), _tpr_at(labels, evidence, 0.01),
                                float(maths.benjamini_hochberg(p, fdr).mean()),
                                float(maths.copy_evidence(p).mean()), float(mi.mean()))
                 rows.append(row)

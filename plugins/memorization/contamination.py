@@ -44,6 +44,22 @@ def _blur(img, rng):
     return ndi.gaussian_filter(img, rng.uniform(0.5, 1.5))
 
 
+def _gamma_wide(img, rng):
+    return np.clip(img, 0, 1) ** np.exp(rng.uniform(np.log(0.7), np.log(1.4)))
+
+
+def _shift_px(low: float, high: float) -> Augment:
+    """A shift of ``low``-``high`` pixels in a random direction (never a near-zero one)."""
+    def f(img, rng):
+        r, a = rng.uniform(low, high), rng.uniform(0, 2 * np.pi)
+        return ndi.shift(img, (r * np.sin(a), r * np.cos(a)), order=1, mode="constant")
+    return f
+
+
+def _random_flip(img, rng):
+    return img[:, ::-1] if rng.uniform() < 0.5 else img
+
+
 def _then(*augs: Augment) -> Augment:
     def f(img, rng):
         for a in augs:
@@ -63,6 +79,11 @@ EXTRA_CONDITIONS: dict[str, Augment] = {
     "rotation_5+zoom": _then(CONDITIONS["rotation_5"], random_zoom),
     "vflip+elastic": _then(CONDITIONS["vflip"], random_elastic),
     "noise_0.02+gamma": _then(_gamma, CONDITIONS["noise_0.02"]),
+    # the conditions that escaped retrieval on held-out real MRI (issue 12): drawn unlike the nuisance copies
+    "shift_4-10px": _shift_px(4.0, 10.0),
+    "gamma_0.7-1.4": _gamma_wide,
+    "rot5+shift+int+noise+flip": _then(CONDITIONS["rotation_5"], _shift_px(4.0, 10.0), CONDITIONS["intensity"],
+                                       CONDITIONS["noise_0.02"], _random_flip),
 }
 
 ALL_CONDITIONS: dict[str, Augment] = {**CONDITIONS, **EXTRA_CONDITIONS}

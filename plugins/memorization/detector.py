@@ -14,6 +14,7 @@ from gate.featurecache import FeatureCache, cache_key
 from gate_plugins.memorization import maths
 from gate_plugins.memorization.extractors import FeatureExtractor
 from gate_plugins.memorization.transforms import Invariance, apply, misalign, transform_set
+from gate_plugins.memorization.verification import VerifySettings, verify_pairs
 
 Progress = Callable[[int], None]
 
@@ -44,6 +45,13 @@ class _Misaligned:
         return np.stack([misalign(self.images[i].astype(np.float64), self.rng) for i in self.src[sl]]).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    similarity: np.ndarray     # [n] best aligned similarity over the retrieved train images
+    nn_index: np.ndarray       # [n] the train image of that pair
+    nn_transform: np.ndarray   # [n] the transform of the invariance set it was retrieved under
+
+
 @dataclasses.dataclass
 class Detector:
     extractor: FeatureExtractor
@@ -57,6 +65,10 @@ class Detector:
     nuisance_copies: int = 2
     #: p-values beyond the null's largest value from its fitted tail (False: conformal only, the floor 1/(n+1))
     tail: bool = True
+    #: distinct train images retrieved per sample and verified by registration (0: retrieval only, the
+    #: paper's); needs a holdout, whose images are retrieved and verified the same way as the null
+    verify_k: int = 3
+    verify_settings: VerifySettings = dataclasses.field(default_factory=VerifySettings)
 
     @property
     def transforms(self) -> list[str]:
@@ -113,10 +125,83 @@ class Detector:
         self.calibration_features_ = cal
         self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed, self.tail).fit(
             train_layers, reference, len(self.transforms), cal, nuisance if self.nuisance_copies else None)
+        self.train_images_ = train
+        self.verified_null_ = self.verified_tail_ = None
+        if self.verify_k and cal is not None:
+            self.verified_null_ = self.verify(calibration, cal, progress).similarity
+            self.verified_tail_ = maths.fit_tail(maths.fisher_z(self.verified_null_)) if self.tail else None
         return self
 
-    def score(self, images: np.ndarray, progress: Progress = lambda _n: None) -> maths.Scores:
-        return self.index_.score(self.features(images, progress))
+    @property
+    def verifying(self) -> bool:
+        return getattr(self, "verified_null_", None) is not None
+
+    def verify(self, images: np.ndarray, layers: list[np.ndarray], progress: Progress = lambda _n: None) -> "Verified":
+        """Retrieve then verify: the ``verify_k`` distinct train images nearest to each sample in the
+        joint embedding (each under the transform it matched best), each registered to the sample by a
+        similarity transform and compared by rank correlation; a sample keeps its best pair."""
+        import faiss
+
+        n_train, k = len(self.train_images_), min(self.verify_k, len(self.train_images_))
+        reference = self.reference_embedding()
+        index = faiss.IndexFlatIP(reference.shape[1])
+        index.add(reference)
+        # several transforms of one train image can crowd the top: search deeper, keep k distinct images
+        depth = min(len(reference), k * len(self.transforms))
+        _, rows = index.search(np.ascontiguousarray(self.embed(layers), dtype=np.float32), depth)
+        transforms = transform_set(self.invariance)
+        best = np.full(len(images), -np.inf)
+        best_train, best_transform = np.zeros(len(images), np.int64), np.zeros(len(images), np.int64)
+        for start in range(0, len(images), self.batch_size):
+            pairs = []  # (sample, train image, transform)
+            for j in range(start, min(start + self.batch_size, len(images))):
+                seen: list[int] = []
+                for row in rows[j]:
+                    if row < 0 or int(row % n_train) in seen:
+                        continue
+                    seen.append(int(row % n_train))
+                    pairs.append((j, int(row % n_train), int(row // n_train)))
+                    if len(seen) == k:
+                        break
+            queries = np.stack([images[j] for j, _, _ in pairs])
+            refs = np.stack([apply(self.train_images_[i][None], transforms[t][1])[0] for _, i, t in pairs])
+            sim = verify_pairs(queries, refs, settings=self.verify_settings).similarity
+            for (j, i, t), v in zip(pairs, sim):
+                if v > best[j]:
+                    best[j], best_train[j], best_transform[j] = v, i, t
+            progress(min(start + self.batch_size, len(images)) - start)
+        return Verified(similarity=np.where(np.isfinite(best), best, 0.0), nn_index=best_train,
+                        nn_transform=best_transform)
+
+    def score(self, images: np.ndarray, progress: Progress = lambda _n: None,
+              layers: list[np.ndarray] | None = None, verify_progress: Progress = lambda _n: None) -> maths.Scores:
+        """The index's scores; with verification, ``p_value`` combines the retrieval and verification
+        p-values (Bonferroni) and ``verified`` holds each sample's best aligned similarity."""
+        layers = self.features(images, progress) if layers is None else layers
+        scores = self.index_.score(layers)
+        if not self.verifying:
+            return scores
+        found = self.verify(images, layers, verify_progress)
+        p_verified = self.verified_p_values(found.similarity)
+        return dataclasses.replace(scores, p_value=maths.bonferroni_pair(scores.p_value, p_verified),
+                                   verified=found.similarity, p_retrieval=scores.p_value, p_verified=p_verified,
+                                   verified_nn_index=found.nn_index, verified_nn_transform=found.nn_transform)
+
+    def verified_p_values(self, v: np.ndarray) -> np.ndarray:
+        return maths.tail_p_values(maths.fisher_z(v), maths.fisher_z(self.verified_null_), self.verified_tail_)
+
+    def null_leave_one_out_p_values(self) -> np.ndarray:
+        """Each holdout image's p-value against the other holdout images, by the same rule as a sample's."""
+        p = maths.leave_one_out_tail_p_values(maths.fisher_z(self.index_.null_), tail=self.tail)
+        if self.verifying:
+            p = maths.bonferroni_pair(p, maths.leave_one_out_tail_p_values(maths.fisher_z(self.verified_null_),
+                                                                           tail=self.tail))
+        return p
+
+    def reference_embedding(self) -> np.ndarray:
+        """The reference rows (every transform of every train image) in the joint embedding."""
+        return np.ascontiguousarray(np.concatenate(self.index_.reference_, axis=1) / np.sqrt(len(self.index_.reference_)),
+                                    dtype=np.float32)
 
     def embed(self, layers: list[np.ndarray]) -> np.ndarray:
         """One unit vector per image: the whitened, L2-normalised layers side by side, scaled by

@@ -176,7 +176,19 @@ class Scores:
     consensus: np.ndarray
     mi: np.ndarray
     oni: np.ndarray
-    p_value: np.ndarray          # conformal, against the calibration null
+    p_value: np.ndarray          # against the calibration null (conformal, and beyond it the fitted tail)
+    # with verification (Detector.score): the best aligned similarity, each test's p-value and the pair
+    verified: np.ndarray | None = None
+    p_retrieval: np.ndarray | None = None
+    p_verified: np.ndarray | None = None
+    verified_nn_index: np.ndarray | None = None
+    verified_nn_transform: np.ndarray | None = None
+
+
+def bonferroni_pair(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
+    """One p-value from two tests of the same sample: ``min(1, 2 min(p_a, p_b))``, valid whatever
+    their dependence, so a copy caught by either test is caught, at twice the smaller p."""
+    return np.minimum(1.0, 2.0 * np.minimum(np.asarray(p_a, dtype=np.float64), np.asarray(p_b, dtype=np.float64)))
 
 
 @dataclasses.dataclass
@@ -287,6 +299,10 @@ def self_check(planted_p: np.ndarray, novel_p: np.ndarray | None, fdr: float) ->
 
 #: fewest null values above the tail threshold for a tail to be fitted (fewer: conformal p-values only)
 MIN_TAIL_EXCEEDANCES = 10
+#: the tail is fitted above this quantile of the null
+TAIL_QUANTILE = 0.75
+#: so a tail needs a null of at least this many values
+MIN_TAIL_NULL = int(math.ceil(MIN_TAIL_EXCEEDANCES / (1.0 - TAIL_QUANTILE)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,7 +334,7 @@ class TailModel:
         return (1.0 + self.shape * x / self.scale) ** (-1.0 / self.shape)
 
 
-def fit_tail(null: np.ndarray, quantile: float = 0.75, confidence: float = 0.95) -> TailModel | None:
+def fit_tail(null: np.ndarray, quantile: float = TAIL_QUANTILE, confidence: float = 0.95) -> TailModel | None:
     """Fit the null's upper tail above its ``quantile``; ``None`` when fewer than
     ``MIN_TAIL_EXCEEDANCES`` values lie above it (a tail of so few points says nothing)."""
     from scipy import stats
@@ -351,7 +367,7 @@ def tail_p_values(s: np.ndarray, null: np.ndarray, tail: TailModel | None) -> np
     return p
 
 
-def leave_one_out_tail_p_values(null: np.ndarray, quantile: float = 0.75, confidence: float = 0.95,
+def leave_one_out_tail_p_values(null: np.ndarray, quantile: float = TAIL_QUANTILE, confidence: float = 0.95,
                                 tail: bool = True) -> np.ndarray:
     """Each null draw's p-value against the others, as a novel sample's would be. Only the largest draw
     lies beyond the others' range, so only its p-value needs the tail refitted without it."""
@@ -403,11 +419,20 @@ class PowerAnalysis:
         return int(math.ceil(math.log(1.0 - at_least) / math.log(1.0 - hit)))
 
 
-def power_analysis(planted_p: np.ndarray, n_samples: int, n_null: int, alpha: float) -> PowerAnalysis:
-    caught = float(np.mean(np.asarray(planted_p) * n_samples <= alpha)) if len(planted_p) else 0.0
+def power_analysis(planted_p: np.ndarray, n_samples: int, n_null: int, alpha: float,
+                   simes_share: float = 0.5) -> PowerAnalysis:
+    """``simes_share`` of ``alpha`` is the Simes test's part of the set test (``set_test_p_value``)."""
+    caught = float(np.mean(np.asarray(planted_p) * n_samples <= alpha * simes_share)) if len(planted_p) else 0.0
     rate = (1.0 - 0.1 ** (1.0 / n_samples)) / caught if caught > 0 else None
     return PowerAnalysis(alpha=alpha, n_samples=n_samples, n_null=n_null, caught_alone=caught,
                          false_refusal=alpha, copy_rate_90=rate if rate is not None and rate <= 1.0 else None)
+
+
+def set_test_p_value(simes_p: float, count_p: float) -> float:
+    """The set-level copy test: the Simes test over per-sample p-values (which sees a single extreme
+    copy, through the tail) and the model-free count test (which sees many copies beyond a small null),
+    joined by Bonferroni so that the whole test has level ``alpha`` at ``p <= alpha``."""
+    return float(min(1.0, 2.0 * min(simes_p, count_p)))
 
 
 def count_test_p_value(s: np.ndarray, null: np.ndarray) -> tuple[int, float]:

@@ -52,6 +52,8 @@ class MemorizationParams(BaseModel):
     fdr: float = Field(0.05, gt=0, lt=1, description="false-discovery rate of the BH flags")
     mi_threshold: float = Field(3.0, allow_inf_nan=False, description="MI above which a sample is flagged "
                                                                       "(flagging: mi_threshold)")
+    verify_k: int = Field(3, ge=0, le=20, description="train images retrieved per sample and verified by "
+                          "registration (similarity transform, rank correlation); 0: retrieval only, the paper's")
     tail: bool = Field(True, description="p-values beyond the null's largest value from a generalised Pareto "
                                          "tail fitted to it (false: conformal only, floor 1/(n_null+1))")
     alpha: float = Field(0.01, gt=0, lt=0.5, description="false-refusal rate of the set-level copy test "
@@ -71,7 +73,8 @@ class MemorizationValidator:
     Params: ClassVar[type[BaseModel]] = MemorizationParams
     columns: ClassVar[tuple[str, ...]] = (
         "sample_id", "similarity", "mi", "oni", "nn_train_id", "consensus", "p_value", "flagged",
-        "nn_transform", "copy_evidence", "authentic")
+        "nn_transform", "copy_evidence", "authentic", "verified_similarity", "verified_nn_train_id",
+        "p_retrieval", "p_verified")
     metrics: ClassVar[tuple[MetricDef, ...]] = (
         MetricDef("mi_mean", "mi", "mean", "mean Memorization Index (z-score against the calibration null)"),
         MetricDef("oni_mean", "oni", "mean", "mean Overfit/Novelty Index, -tanh(MI): -1 copy, +1 novel"),
@@ -80,8 +83,8 @@ class MemorizationValidator:
         MetricDef("n_flagged", "flagged", "sum", "number of samples flagged as copies"),
         MetricDef("copied_fraction", "copy_evidence", "mean",
                   "Storey estimate of the fraction of copied samples (0 on average for a novel set)"),
-        MetricDef("copy_test_p", None, "scalar", "set-level p-value that no sample is a copy (Simes over the "
-                                                 "per-sample p-values; small when some samples are copies)"),
+        MetricDef("copy_test_p", None, "scalar", "set-level p-value that no sample is a copy: Simes over the "
+                                                 "per-sample p-values and the count test, joined by Bonferroni"),
         MetricDef("copying_detected", None, "scalar", "1 when copy_test_p <= alpha: the set test refuses it as "
                                                       "copying, with false-refusal rate alpha for novel samples"),
         MetricDef("n_beyond_null", None, "scalar", "samples more similar to train than every calibration image"),
@@ -121,14 +124,16 @@ class MemorizationValidator:
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
                             context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies,
-                            params.tail)
-        n_ref = len(train) * (len(detector.transforms) + params.nuisance_copies) + (len(holdout) if use_holdout else 0)
+                            params.tail, params.verify_k)
+        n_ref = len(train) * (len(detector.transforms) + params.nuisance_copies) + (
+            len(holdout) * (2 if params.verify_k else 1) if use_holdout else 0)
         tick = context.progress(f"memorization: {extractor.name} reference", n_ref)
         detector.fit(train.images, digest=train.manifest_sha256(),
                      calibration=holdout.images if use_holdout else None, progress=tick)
         cand_layers = detector.features(cand.images, context.progress("memorization: candidates", len(cand)))
         index = detector.index_
-        scores = index.score(cand_layers)
+        scores = detector.score(cand.images, layers=cand_layers, verify_progress=context.progress(
+            "memorization: verifying candidates", len(cand)) if detector.verifying else (lambda _n: None))
         emb_train, emb_cand = detector.train_embedding(), detector.embed(cand_layers)
         emb_hold = detector.embed(detector.calibration_features_) if detector.calibration_features_ else None
         authentic = baselines.authenticity(emb_train, emb_cand)
@@ -141,17 +146,18 @@ class MemorizationValidator:
         }
 
         m, n_null = len(cand), len(index.null_)
-        scalars["copy_test_p"] = maths.simes_p_value(scores.p_value)
-        scalars["copying_detected"] = float(scalars["copy_test_p"] <= params.alpha)
+        simes_p = maths.simes_p_value(scores.p_value)
         n_beyond, scalars["count_test_p"] = maths.count_test_p_value(scores.similarity, index.null_)
         scalars["n_beyond_null"] = float(n_beyond)
+        scalars["copy_test_p"] = maths.set_test_p_value(simes_p, scalars["count_test_p"])
+        scalars["copying_detected"] = float(scalars["copy_test_p"] <= params.alpha)
 
         check = planted_p = None
         if params.self_check:
             check, planted_p = self._self_check(detector, train.images, params, context.seed)
         power = maths.power_analysis(planted_p if planted_p is not None else np.zeros(0), m, n_null, params.alpha)
-        # the self-check and the power requirement decide whether a *pass* can be vouched for; a set the
-        # test already refuses as copying fails on that evidence, whatever they found
+        # the self-check and the power requirement decide whether a *pass* can be vouched for; a set that
+        # a block rule refuses fails on that evidence, whatever they found (the engine decides)
         problems = []
         if check is not None and not check.passed:
             problems.append(f"memorization self-check failed: {check.reason}; the detector is not fit for this "
@@ -160,7 +166,6 @@ class MemorizationValidator:
             problems.append("memorization power: the power analysis needs self_check: true (its planted copies)")
         elif params.power is not None:
             problems.extend(_power_shortfall(power, params.power, index.tail_ is not None))
-        self_error = "; ".join(problems) if problems and not scalars["copying_detected"] else None
 
         if params.flagging == "bh":
             flagged = maths.benjamini_hochberg(scores.p_value, params.fdr)
@@ -181,6 +186,12 @@ class MemorizationValidator:
             "copy_evidence": evidence,
             "authentic": authentic.astype(int),
         })
+        nan = np.full(m, np.nan)
+        verified = scores.verified is not None
+        table["verified_similarity"] = scores.verified if verified else nan
+        table["verified_nn_train_id"] = [train.ids[i] for i in scores.verified_nn_index] if verified else [""] * m
+        table["p_retrieval"] = scores.p_retrieval if verified else scores.p_value
+        table["p_verified"] = scores.p_verified if verified else nan
         for k, layer in enumerate(extractor.layers):
             table[f"similarity_{layer}"] = scores.per_layer[k]
         volumes = copied_volumes(table["sample_id"], table["nn_train_id"], flagged)
@@ -191,11 +202,15 @@ class MemorizationValidator:
         paper_mi = (index.paper_null_ - index.mu0_) / index.sigma0_
         order = np.argsort(-scores.similarity)
         shown = [i for i in order if flagged[i]][:8] or list(order[:8])
-        pairs = [(int(i), int(nn_first[i]), f"{cand.ids[i]}\ns={scores.similarity[i]:.3f} MI={scores.mi[i]:.1f}\n"
-                  f"p={scores.p_value[i]:.3g}", f"{train.ids[nn_first[i]]}\n{detector.transforms[scores.nn_transform[0][i]]}")
+        # the pair shown is the verified one when verification found the sample (it is the aligned match)
+        shown_nn = scores.verified_nn_index if verified else nn_first
+        shown_t = scores.verified_nn_transform if verified else scores.nn_transform[0]
+        pairs = [(int(i), int(shown_nn[i]), f"{cand.ids[i]}\ns={scores.similarity[i]:.3f} MI={scores.mi[i]:.1f}\n"
+                  f"p={scores.p_value[i]:.3g}" + (f" v={scores.verified[i]:.3f}" if verified else ""),
+                  f"{train.ids[shown_nn[i]]}\n{detector.transforms[shown_t[i]]}")
                  for i in shown]
         return CheckOutput(
-            error=self_error,
+            cannot_vouch="; ".join(problems) or None,
             table=table,
             scalars=scalars,
             provenance={
@@ -215,9 +230,17 @@ class MemorizationValidator:
                 # without a tail BH can only flag k samples out of m if k >= m * p_floor / fdr
                 "min_flaggable_copies": 1 if index.tail_ is not None else int(math.ceil(m * p_floor / params.fdr)),
                 "tail_model": dataclasses.asdict(index.tail_) if index.tail_ is not None else None,
+                "set_test": {"simes_p": simes_p, "count_test_p": scalars["count_test_p"], "n_beyond_null": n_beyond,
+                             "alpha": params.alpha},
+                "verification": {
+                    "k": params.verify_k, "null_size": len(detector.verified_null_),
+                    "null_mean": float(np.mean(detector.verified_null_)),
+                    "null_max": float(np.max(detector.verified_null_)),
+                    "tail_model": dataclasses.asdict(detector.verified_tail_) if detector.verified_tail_ else None,
+                    "registration": dataclasses.asdict(detector.verify_settings),
+                } if detector.verifying else None,
                 "power": {**dataclasses.asdict(power), "refusal_probability": {
                     f"{c:g}": power.refusal_probability(c) for c in (0.01, 0.02, 0.05, 0.1)}},
-                "unneeded_for_refusal": problems if problems and scalars["copying_detected"] else [],
                 "copied_fraction_ci95": _storey_ci(evidence),
                 "whitening_shrinkage": {layer: w.shrinkage for layer, w in zip(extractor.layers, index.whiteners_)},
                 "train_size": len(train), "candidate_size": m,
@@ -225,8 +248,10 @@ class MemorizationValidator:
                 "volumes": [dataclasses.asdict(v) for v in volumes],
                 "flagged_samples": [
                     {"sample_id": r.sample_id, "nn_train_id": r.nn_train_id, "transform": r.nn_transform,
-                     "similarity": float(r.similarity), "mi": float(r.mi), "p_value": float(r.p_value)}
-                    for r in table[table["flagged"] == 1].sort_values("similarity", ascending=False)
+                     "similarity": float(r.similarity), "mi": float(r.mi), "p_value": float(r.p_value),
+                     "verified_similarity": float(r.verified_similarity),
+                     "verified_nn_train_id": r.verified_nn_train_id}
+                    for r in table[table["flagged"] == 1].sort_values("p_value")
                     .head(100).itertuples()],
             },
             figures=[
@@ -257,16 +282,16 @@ class MemorizationValidator:
             span = float(img.max() - img.min()) or 1.0
             planted.append(img * rng.uniform(0.9, 1.1) + rng.normal(0, 0.01 * span, img.shape))
         index = detector.index_
-        planted_p = index.score(detector.features(np.stack(planted).astype(np.float32))).p_value
-        novel_p = (maths.leave_one_out_tail_p_values(maths.fisher_z(index.null_), tail=params.tail)
-                   if index.calibration_ == "holdout" else None)
+        planted = np.stack(planted).astype(np.float32)
+        planted_p = detector.score(planted).p_value
+        novel_p = detector.null_leave_one_out_p_values() if index.calibration_ == "holdout" else None
         check = maths.self_check(planted_p, novel_p, params.fdr)
         if not check.passed and check.planted_flagged < check.n_planted and index.tail_ is None:
             n = len(index.null_)
             check = dataclasses.replace(check, reason=check.reason + (
                 f" (with {n} calibration images no tail could be fitted and the smallest p-value, 1/{n + 1}, "
                 f"may be too coarse for BH at fdr {params.fdr:g}: give at least "
-                f"{maths.MIN_TAIL_EXCEEDANCES * 5} holdout images)"))
+                f"{maths.MIN_TAIL_NULL} holdout images)"))
         return check, planted_p
 
 
@@ -278,7 +303,7 @@ def _power_shortfall(power: maths.PowerAnalysis, need, tail_fitted: bool) -> lis
     n = power.samples_needed(need.copy_rate, need.at_least)
     ways = [f"draw at least {n} samples (candidate.n_samples)"] if n is not None else []
     if not tail_fitted:
-        ways.append(f"give at least {maths.MIN_TAIL_EXCEEDANCES * 5} holdout images, so that a tail can be "
+        ways.append(f"give at least {maths.MIN_TAIL_NULL} holdout images, so that a tail can be "
                     "fitted to the null")
     elif power.caught_alone < 0.5:
         ways.append("give more holdout images (a larger null fits a narrower tail)")
