@@ -62,8 +62,11 @@ def register(app: typer.Typer) -> None:
                 check_same_size(tr, ho)
             variants = {}
             for name in extractor or ["efficientnet-lite0"]:
+                # gate's default (it verifies retrieved pairs when there is a holdout) and the paper's
+                # plain matching, whitening and conformal p-values
                 for label, invariance, nuisance in (("gate", "dihedral", 2), ("paper-style", "none", 0)):
-                    det = Detector(build_extractor(name, None, prefilter_sigma), invariance, nuisance_copies=nuisance)
+                    det = Detector(build_extractor(name, None, prefilter_sigma), invariance, nuisance_copies=nuisance,
+                                   tail=label == "gate", verify_k=3 if label == "gate" else 0)
                     det.use_calibration = ho is not None and label == "gate"
                     variants[f"{name}, {label}"] = det
         except GateError as exc:
