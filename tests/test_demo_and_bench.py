@@ -17,7 +17,7 @@ GATE = str(Path(sys.executable).with_name("gate"))
 def test_demo_promotes_honest_generators_and_refuses_the_copier_and_the_broken_anatomy(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"}
     res = subprocess.run([GATE, "demo", "--quiet", "--policy", str(REPO / "policies" / "default.yaml")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=1500, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "refused" in res.stdout and "promoted" in res.stdout
     uri = f"sqlite:///{tmp_path / '.gate' / 'mlflow.db'}"
