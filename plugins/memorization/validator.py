@@ -53,7 +53,7 @@ class MemorizationParams(BaseModel):
     mi_threshold: float = Field(3.0, allow_inf_nan=False, description="MI above which a sample is flagged "
                                                                       "(flagging: mi_threshold)")
     verify_k: int = Field(3, ge=0, le=20, description="train images retrieved per sample and verified by "
-                          "registration (similarity transform, rank correlation); 0: retrieval only, the paper's")
+                          "registration (similarity transform, rank NMI); 0: retrieval only, the paper's")
     tail: bool = Field(True, description="p-values beyond the null's largest value from a generalised Pareto "
                                          "tail fitted to it (false: conformal only, floor 1/(n_null+1))")
     alpha: float = Field(0.01, gt=0, lt=0.5, description="false-refusal rate of the set-level copy test "
