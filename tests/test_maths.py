@@ -167,10 +167,13 @@ def test_holdout_calibration_replaces_the_null():
     rng = np.random.default_rng(11)
     train = [rng.standard_normal((80, 8)) for _ in range(2)]
     holdout = [rng.standard_normal((40, 8)) for _ in range(2)]
-    model = maths.MemorizationIndex().fit(train, calibration_layers=holdout)
+    model = maths.MemorizationIndex(tail=False).fit(train, calibration_layers=holdout)
     assert model.calibration_ == "holdout" and len(model.null_) == 40 and len(model.paper_null_) == 400
     s = model.score([f[:3] for f in train])
-    assert np.allclose(s.p_value, 1 / 41)
+    assert np.allclose(s.p_value, 1 / 41)  # conformal: the floor 1/(n+1)
+    # with the fitted tail, exact copies go far below that floor
+    assert np.all(maths.MemorizationIndex().fit(train, calibration_layers=holdout).score(
+        [f[:3] for f in train]).p_value < 1e-6)
 
 
 def test_leave_one_out_p_values():
