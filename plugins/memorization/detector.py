@@ -128,6 +128,12 @@ class Detector:
         self.train_images_ = train
         self.verified_null_ = self.verified_tail_ = None
         if self.verify_k and cal is not None:
+            import faiss
+
+            # built once: the holdout, the candidates and the planted copies all retrieve from it
+            reference = self.reference_embedding()
+            self.reference_index_ = faiss.IndexFlatIP(reference.shape[1])
+            self.reference_index_.add(reference)
             self.verified_null_ = self.verify(calibration, cal, progress).similarity
             self.verified_tail_ = maths.fit_tail(maths.fisher_z(self.verified_null_)) if self.tail else None
         return self
@@ -139,15 +145,11 @@ class Detector:
     def verify(self, images: np.ndarray, layers: list[np.ndarray], progress: Progress = lambda _n: None) -> "Verified":
         """Retrieve then verify: the ``verify_k`` distinct train images nearest to each sample in the
         joint embedding (each under the transform it matched best), each registered to the sample by a
-        similarity transform and compared by rank correlation; a sample keeps its best pair."""
-        import faiss
-
+        similarity transform and compared by rank NMI; a sample keeps its best pair."""
         n_train, k = len(self.train_images_), min(self.verify_k, len(self.train_images_))
-        reference = self.reference_embedding()
-        index = faiss.IndexFlatIP(reference.shape[1])
-        index.add(reference)
+        index = self.reference_index_
         # several transforms of one train image can crowd the top: search deeper, keep k distinct images
-        depth = min(len(reference), k * len(self.transforms))
+        depth = min(index.ntotal, k * len(self.transforms))
         _, rows = index.search(np.ascontiguousarray(self.embed(layers), dtype=np.float32), depth)
         transforms = transform_set(self.invariance)
         best = np.full(len(images), -np.inf)

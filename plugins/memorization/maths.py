@@ -395,8 +395,8 @@ def simes_p_value(p: np.ndarray) -> float:
 class PowerAnalysis:
     """What the set-level test can promise at these sizes, for copies like the planted ones.
 
-    ``caught_alone`` is the share of planted copies whose p-value alone rejects (``m p <= alpha``,
-    Simes' first term), so the probability of refusing a generator that copies a share ``c`` of its
+    ``caught_alone`` is the share of planted copies whose p-value alone rejects (``m p <= alpha / 2``,
+    Simes' first term at its half of the set test's level), so the probability of refusing a generator that copies a share ``c`` of its
     ``m`` samples is at least ``1 - (1 - c * caught_alone) ** m``."""
 
     alpha: float
@@ -432,7 +432,7 @@ def set_test_p_value(simes_p: float, count_p: float) -> float:
     """The set-level copy test: the Simes test over per-sample p-values (which sees a single extreme
     copy, through the tail) and the model-free count test (which sees many copies beyond a small null),
     joined by Bonferroni so that the whole test has level ``alpha`` at ``p <= alpha``."""
-    return float(min(1.0, 2.0 * min(simes_p, count_p)))
+    return float(bonferroni_pair(simes_p, count_p))
 
 
 def count_test_p_value(s: np.ndarray, null: np.ndarray) -> tuple[int, float]:
