@@ -38,19 +38,21 @@ def main() -> None:
     t0 = time.perf_counter()
     train, _ = subject_slices(range(1, 1 + n), 25)
     test, _ = subject_slices(range(101, 101 + n), 25)
-    holdout, _ = subject_slices(range(201, 206), 25)
+    holdout, holdout_ids = subject_slices(range(201, 206), 25)
     variants = {
         "gate default": variant("efficientnet-lite0", 2.0, "dihedral", True),
         "retrieval only": variant("efficientnet-lite0", 2.0, "dihedral", True, verify_k=0),
         "paper-style": variant("efficientnet-lite0", 2.0, "none", False, nuisance_copies=0, verify_k=0, tail=False),
     }
     conditions = tuple(CONDITIONS) if args.quick else tuple(CONDITIONS) + tuple(EXTRA_CONDITIONS)
-    result = run_benchmark(train, test, variants, calibration=holdout, conditions=conditions, seed=args.seed)
+    result = run_benchmark(train, test, variants, calibration=holdout,
+                           calibration_groups=[i.split("_")[0] for i in holdout_ids], conditions=conditions, seed=args.seed)
     print(f"train {len(train)} slices ({n} subjects), test {len(test)} ({n} other subjects), holdout "
           f"{len(holdout)} (5 more subjects), 128x128, seed {args.seed}")
     print("variants: gate default = EfficientNet-Lite0, 2 px prefilter, dihedral matching, nuisance whitening "
           "(2 misaligned copies per train image), holdout calibration, tail p-values, and the top 3 retrieved "
-          "train images verified by registration; retrieval only = the same without verification; "
+          "train images verified by registration, scored by the membership contrast (against the holdout's other "
+          "subjects); retrieval only = the same without verification; "
           "paper-style = the same extractor with plain matching, the paper's whitening, the train-halves null "
           "and conformal p-values. Each AUC "
           "ranks samples by the variant's own p-value (-log10 p)\n")

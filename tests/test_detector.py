@@ -57,13 +57,15 @@ def test_dihedral_needs_square_images(ext):
 def test_benchmark_set_level_score_rises_with_duplication(mri, ext):
     from gate.imageio import read_image_folder
     from gate_plugins.memorization.benchmark import run_benchmark
+    from gate_plugins.memorization.grouping import subjects_of
 
     test = read_image_folder(mri["novel"], "test").images
-    holdout = read_image_folder(mri["holdout"], "holdout").images
+    holdout = read_image_folder(mri["holdout"], "holdout")
     det = Detector(ext, "dihedral")
     det.use_calibration = True
     levels = (0.1, 0.3, 0.6, 0.9)
-    result = run_benchmark(mri["train_images"], test, {"default": det}, calibration=holdout,
+    result = run_benchmark(mri["train_images"], test, {"default": det}, calibration=holdout.images,
+                           calibration_groups=subjects_of(holdout.ids),
                            conditions=("clean", "vflip", "noise_0.02"), levels=levels)
     for cond in ("clean", "vflip", "noise_0.02"):
         rows = result.by_condition("default", cond)

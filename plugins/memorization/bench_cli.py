@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         from gate_plugins.memorization.contamination import CONDITIONS, EXTRA_CONDITIONS
         from gate_plugins.memorization.detector import Detector
         from gate_plugins.memorization.extractors import build_extractor
+        from gate_plugins.memorization.grouping import subjects_of
 
         try:
             tr, te = read_image_folder(train, "train"), read_image_folder(test, "test")
@@ -72,6 +73,7 @@ def register(app: typer.Typer) -> None:
         except GateError as exc:
             fail(exc)
         conditions = tuple(CONDITIONS) + (() if paper_conditions_only else tuple(EXTRA_CONDITIONS))
+        groups = subjects_of(ho.ids) if ho else None
         result = run_benchmark(tr.images, te.images, variants, calibration=ho.images if ho else None,
-                               conditions=conditions, seed=seed)
+                               calibration_groups=groups, conditions=conditions, seed=seed)
         print(render_tables(result))

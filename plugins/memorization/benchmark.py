@@ -65,10 +65,11 @@ def _evidence(p: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detector], *,
-                  calibration: np.ndarray | None = None, conditions=tuple(CONDITIONS) + tuple(EXTRA_CONDITIONS),
+                  calibration: np.ndarray | None = None, calibration_groups=None, conditions=tuple(CONDITIONS) + tuple(EXTRA_CONDITIONS),
                   levels=LEVELS, fdr: float = 0.05, seed: int = 0) -> BenchResult:
     """``test`` holds real images of subjects absent from ``train``; ``calibration`` (optional) real
-    images of yet other subjects, used as the holdout null by variants whose detector is fitted with it."""
+    images of yet other subjects, used as the holdout null by variants whose detector is fitted with it,
+    and ``calibration_groups`` their subjects."""
     from gate_plugins.memorization import baselines
 
     rows: list[BenchRow] = []
@@ -77,7 +78,8 @@ def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detec
     contaminations = {c: contaminate(train, len(test), c, max(levels), seed + i) for i, c in enumerate(conditions)}
     for label, det in variants.items():
         t0 = time.perf_counter()
-        det.fit(train, calibration=calibration if getattr(det, "use_calibration", False) else None)
+        use = getattr(det, "use_calibration", False)
+        det.fit(train, calibration=calibration if use else None, calibration_groups=calibration_groups if use else None)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         test_layers = det.features(test)

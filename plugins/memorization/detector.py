@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -45,10 +45,19 @@ class _Misaligned:
         return np.stack([misalign(self.images[i].astype(np.float64), self.rng) for i in self.src[sl]]).astype(np.float32)
 
 
+def _flat_index(rows: np.ndarray):
+    """Exact inner-product search over unit rows."""
+    import faiss
+
+    index = faiss.IndexFlatIP(rows.shape[1])
+    index.add(np.ascontiguousarray(rows, dtype=np.float32))
+    return index
+
+
 @dataclasses.dataclass(frozen=True)
 class Verified:
-    similarity: np.ndarray     # [n] best aligned similarity over the retrieved train images
-    nn_index: np.ndarray       # [n] the train image of that pair
+    similarity: np.ndarray     # [n] best aligned similarity over the retrieved reference images
+    nn_index: np.ndarray       # [n] the reference image of that pair
     nn_transform: np.ndarray   # [n] the transform of the invariance set it was retrieved under
 
 
@@ -69,6 +78,9 @@ class Detector:
     #: paper's); needs a holdout, whose images are retrieved and verified the same way as the null
     verify_k: int = 3
     verify_settings: VerifySettings = dataclasses.field(default_factory=VerifySettings)
+    #: verification scores a sample by its membership contrast (aligned similarity to train against that to
+    #: the holdout's images, maths.membership_contrast); False: by the similarity to train alone
+    verify_contrast: bool = True
 
     @property
     def transforms(self) -> list[str]:
@@ -117,7 +129,9 @@ class Detector:
         return reference, nuisance, False
 
     def fit(self, train: np.ndarray, *, digest: str | None = None, calibration: np.ndarray | None = None,
-            progress: Progress = lambda _n: None) -> "Detector":
+            calibration_groups: Sequence[object] | None = None, progress: Progress = lambda _n: None) -> "Detector":
+        """``calibration_groups`` names the subject of each calibration (holdout) image, so that a holdout
+        image's non-members exclude its own subject's other slices (``None``: each image its own group)."""
         reference, nuisance, self.cache_hit_ = self.reference_features(train, digest, progress)
         n = len(train)
         train_layers = [r[:n] for r in reference]  # transform 0 is the identity
@@ -128,15 +142,41 @@ class Detector:
         self.train_images_ = train
         self.verified_null_ = self.verified_tail_ = None
         if self.verify_k and cal is not None:
-            import faiss
-
             # built once: the holdout, the candidates and the planted copies all retrieve from it
-            reference = self.reference_embedding()
-            self.reference_index_ = faiss.IndexFlatIP(reference.shape[1])
-            self.reference_index_.add(reference)
-            self.verified_null_ = self.verify(calibration, cal, progress).similarity
-            self.verified_tail_ = maths.fit_tail(maths.fisher_z(self.verified_null_)) if self.tail else None
+            self.reference_index_ = _flat_index(self.reference_embedding())
+            to_train = self.verify(calibration, cal, progress)
+            self.verified_train_null_ = to_train.similarity
+            if self.verify_contrast:
+                groups = np.arange(len(calibration)) if calibration_groups is None else \
+                    np.unique(np.asarray([str(g) for g in calibration_groups]), return_inverse=True)[1]
+                if len(groups) != len(calibration):
+                    raise ValueError(f"{len(groups)} calibration groups for {len(calibration)} calibration images")
+                if groups.max() < 1:
+                    raise ValueError("the holdout holds one subject only: a holdout image's non-members must come "
+                                     "from other subjects, so give a holdout of at least 2 subjects")
+                self.holdout_images_, self.holdout_groups_ = calibration, groups
+                views = [cal] + [self.features(_Transformed(calibration, fn), progress)
+                                 for _, fn in transform_set(self.invariance)[1:]]
+                self.holdout_index_ = _flat_index(np.concatenate([self.embed(v) for v in views]))
+                to_holdout = self.verify_non_members(calibration, cal, progress, exclude_groups=groups)
+                self.verified_null_ = maths.membership_contrast(to_train.similarity, to_holdout.similarity)
+            else:
+                self.verified_null_ = maths.fisher_z(to_train.similarity)
+            self.verified_tail_ = maths.fit_tail(self.verified_null_) if self.tail else None
         return self
+
+    def fit_work(self, n_train: int, n_calibration: int) -> int:
+        """The progress ticks :meth:`fit` reports: one per feature extraction or verified image."""
+        t = len(self.transforms)
+        work = n_train * (t + self.nuisance_copies) + n_calibration
+        if self.verify_k and n_calibration:
+            work += n_calibration * (1 + ((t - 1) + 1 if self.verify_contrast else 0))
+        return work
+
+    @property
+    def verify_passes(self) -> int:
+        """Verification passes per scored image (train, and with the contrast the holdout too)."""
+        return 2 if self.verify_contrast else 1
 
     @property
     def verifying(self) -> bool:
@@ -146,58 +186,83 @@ class Detector:
         """Retrieve then verify: the ``verify_k`` distinct train images nearest to each sample in the
         joint embedding (each under the transform it matched best), each registered to the sample by a
         similarity transform and compared by rank NMI; a sample keeps its best pair."""
-        n_train, k = len(self.train_images_), min(self.verify_k, len(self.train_images_))
-        index = self.reference_index_
-        # several transforms of one train image can crowd the top: search deeper, keep k distinct images
-        depth = min(index.ntotal, k * len(self.transforms))
-        _, rows = index.search(np.ascontiguousarray(self.embed(layers), dtype=np.float32), depth)
+        return self._retrieve_and_verify(images, self.embed(layers), self.reference_index_, self.train_images_,
+                                         progress)
+
+    def verify_non_members(self, images: np.ndarray, layers: list[np.ndarray], progress: Progress = lambda _n: None,
+                           exclude_groups: np.ndarray | None = None) -> "Verified":
+        """As :meth:`verify`, against the holdout; ``exclude_groups[j]`` (a holdout image's own subject)
+        is skipped for query ``j``."""
+        exclude = None if exclude_groups is None else (np.asarray(exclude_groups), self.holdout_groups_)
+        return self._retrieve_and_verify(images, self.embed(layers), self.holdout_index_, self.holdout_images_,
+                                         progress, exclude)
+
+    def _retrieve_and_verify(self, images: np.ndarray, embedded: np.ndarray, index, reference: np.ndarray,
+                             progress: Progress, exclude: tuple[np.ndarray, np.ndarray] | None = None) -> "Verified":
+        n_ref, k = len(reference), min(self.verify_k, len(reference))
+        # several transforms of one image can crowd the top, and an excluded subject fills it: search deeper
+        skipped = 0 if exclude is None else int(np.bincount(exclude[1]).max())
+        depth = min(index.ntotal, (k + skipped) * len(self.transforms))
+        _, rows = index.search(np.ascontiguousarray(embedded, dtype=np.float32), depth)
         transforms = transform_set(self.invariance)
         best = np.full(len(images), -np.inf)
-        best_train, best_transform = np.zeros(len(images), np.int64), np.zeros(len(images), np.int64)
+        best_ref, best_transform = np.zeros(len(images), np.int64), np.zeros(len(images), np.int64)
         for start in range(0, len(images), self.batch_size):
-            pairs = []  # (sample, train image, transform)
+            pairs = []  # (sample, reference image, transform)
             for j in range(start, min(start + self.batch_size, len(images))):
                 seen: list[int] = []
                 for row in rows[j]:
-                    if row < 0 or int(row % n_train) in seen:
+                    i = int(row % n_ref)
+                    if row < 0 or i in seen or (exclude is not None and exclude[1][i] == exclude[0][j]):
                         continue
-                    seen.append(int(row % n_train))
-                    pairs.append((j, int(row % n_train), int(row // n_train)))
+                    seen.append(i)
+                    pairs.append((j, i, int(row // n_ref)))
                     if len(seen) == k:
                         break
-            queries = np.stack([images[j] for j, _, _ in pairs])
-            refs = np.stack([apply(self.train_images_[i][None], transforms[t][1])[0] for _, i, t in pairs])
-            sim = verify_pairs(queries, refs, settings=self.verify_settings).similarity
-            for (j, i, t), v in zip(pairs, sim):
-                if v > best[j]:
-                    best[j], best_train[j], best_transform[j] = v, i, t
+            if pairs:
+                queries = np.stack([images[j] for j, _, _ in pairs])
+                refs = np.stack([apply(reference[i][None], transforms[t][1])[0] for _, i, t in pairs])
+                sim = verify_pairs(queries, refs, settings=self.verify_settings).similarity
+                for (j, i, t), v in zip(pairs, sim):
+                    if v > best[j]:
+                        best[j], best_ref[j], best_transform[j] = v, i, t
             progress(min(start + self.batch_size, len(images)) - start)
-        return Verified(similarity=np.where(np.isfinite(best), best, 0.0), nn_index=best_train,
+        return Verified(similarity=np.where(np.isfinite(best), best, 0.0), nn_index=best_ref,
                         nn_transform=best_transform)
 
     def score(self, images: np.ndarray, progress: Progress = lambda _n: None,
               layers: list[np.ndarray] | None = None, verify_progress: Progress = lambda _n: None) -> maths.Scores:
         """The index's scores; with verification, ``p_value`` combines the retrieval and verification
-        p-values (Bonferroni) and ``verified`` holds each sample's best aligned similarity."""
+        p-values (Bonferroni), ``verified`` holds each sample's best aligned similarity to train and
+        ``verified_non_member`` (with the contrast) its best to the holdout."""
         layers = self.features(images, progress) if layers is None else layers
         scores = self.index_.score(layers)
         if not self.verifying:
             return scores
         found = self.verify(images, layers, verify_progress)
-        p_verified = self.verified_p_values(found.similarity)
+        other = self.verify_non_members(images, layers, verify_progress) if self.verify_contrast else None
+        p_verified = self.verified_p_values(found.similarity, None if other is None else other.similarity)
         return dataclasses.replace(scores, p_value=maths.bonferroni_pair(scores.p_value, p_verified),
                                    verified=found.similarity, p_retrieval=scores.p_value, p_verified=p_verified,
+                                   verified_non_member=None if other is None else other.similarity,
                                    verified_nn_index=found.nn_index, verified_nn_transform=found.nn_transform)
 
-    def verified_p_values(self, v: np.ndarray) -> np.ndarray:
-        return maths.tail_p_values(maths.fisher_z(v), maths.fisher_z(self.verified_null_), self.verified_tail_)
+    def verification_statistic(self, to_train: np.ndarray, to_non_members: np.ndarray | None) -> np.ndarray:
+        """The statistic the verification null is made of: the membership contrast, or the train
+        similarity's Fisher z without it."""
+        if self.verify_contrast:
+            return maths.membership_contrast(to_train, to_non_members)
+        return maths.fisher_z(to_train)
+
+    def verified_p_values(self, to_train: np.ndarray, to_non_members: np.ndarray | None = None) -> np.ndarray:
+        return maths.tail_p_values(self.verification_statistic(to_train, to_non_members), self.verified_null_,
+                                   self.verified_tail_)
 
     def null_leave_one_out_p_values(self) -> np.ndarray:
         """Each holdout image's p-value against the other holdout images, by the same rule as a sample's."""
         p = maths.leave_one_out_tail_p_values(maths.fisher_z(self.index_.null_), tail=self.tail)
         if self.verifying:
-            p = maths.bonferroni_pair(p, maths.leave_one_out_tail_p_values(maths.fisher_z(self.verified_null_),
-                                                                           tail=self.tail))
+            p = maths.bonferroni_pair(p, maths.leave_one_out_tail_p_values(self.verified_null_, tail=self.tail))
         return p
 
     def reference_embedding(self) -> np.ndarray:

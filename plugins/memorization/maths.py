@@ -179,6 +179,7 @@ class Scores:
     p_value: np.ndarray          # against the calibration null (conformal, and beyond it the fitted tail)
     # with verification (Detector.score): the best aligned similarity, each test's p-value and the pair
     verified: np.ndarray | None = None
+    verified_non_member: np.ndarray | None = None   # best aligned similarity to a holdout image
     p_retrieval: np.ndarray | None = None
     p_verified: np.ndarray | None = None
     verified_nn_index: np.ndarray | None = None
@@ -258,6 +259,19 @@ class MemorizationIndex:
 def fisher_z(s: np.ndarray) -> np.ndarray:
     """``atanh`` of a similarity clamped to [0, 1): order-preserving, so conformal p-values are unchanged."""
     return np.arctanh(np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0 - 1e-12))
+
+
+def membership_contrast(to_train: np.ndarray, to_non_members: np.ndarray) -> np.ndarray:
+    """How much better a sample aligns with its best train image than with its best image of real
+    non-members (Fisher z of each aligned similarity, subtracted).
+
+    Why a contrast and not the train similarity alone: whatever makes a generator's samples resemble
+    *every* real image more than real images resemble each other (smoothness, regression to the
+    population mean) raises both terms alike and cancels, while a copy of a train image raises only
+    the first. A candidate's non-members are the holdout; a holdout image's are the holdout images of
+    other subjects, so the null is computed by the same rule with one subject's worth fewer images,
+    which can only make it stricter than the candidates' (their second term is over more images)."""
+    return fisher_z(to_train) - fisher_z(to_non_members)
 
 
 def leave_one_out_p_values(null: np.ndarray) -> np.ndarray:

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gate.errors import InputError
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
 from gate_plugins.memorization import baselines, figures, maths
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.memorization.grouping import subjects_of
 from gate_plugins.memorization.transforms import apply, transform_set
 from gate_plugins.memorization.volumes import copied_volumes
 
@@ -54,6 +56,14 @@ class MemorizationParams(BaseModel):
                                                                       "(flagging: mi_threshold)")
     verify_k: int = Field(3, ge=0, le=20, description="train images retrieved per sample and verified by "
                           "registration (similarity transform, rank NMI); 0: retrieval only, the paper's")
+    verify_contrast: bool = Field(
+        True, description="verification scores a sample by how much better it aligns with train than with the "
+                          "holdout (false: by its alignment with train alone, which smooth generators inflate)")
+    subject_pattern: str | None = Field(
+        None, max_length=100,
+        description="regular expression finding the subject in a holdout image's id (its first group, else the "
+                    "match); a holdout image's non-members exclude its own subject. Default: a volume's slices "
+                    "share their file, and a file name without its last number names its subject")
     tail: bool = Field(True, description="p-values beyond the null's largest value from a generalised Pareto "
                                          "tail fitted to it (false: conformal only, floor 1/(n_null+1))")
     alpha: float = Field(0.01, gt=0, lt=0.5, description="false-refusal rate of the set-level copy test "
@@ -61,6 +71,16 @@ class MemorizationParams(BaseModel):
     power: PowerRequirement | None = Field(
         None, description="refuse to vouch for a pass unless copying at copy_rate is refused with probability "
                           ">= at_least at these sizes (the report says how many samples or holdout images it takes)")
+    @field_validator("subject_pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        try:
+            if v is not None:
+                re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a regular expression ({e.msg})") from None
+        return v
+
     cache: bool = Field(True, description="reuse reference features from the content-addressed cache")
     self_check: bool = Field(True, description="on every run, plant augmented train copies (and, with a holdout, "
                                                "use the holdout as known-novel) and check the flags")
@@ -74,7 +94,7 @@ class MemorizationValidator:
     columns: ClassVar[tuple[str, ...]] = (
         "sample_id", "similarity", "mi", "oni", "nn_train_id", "consensus", "p_value", "flagged",
         "nn_transform", "copy_evidence", "authentic", "verified_similarity", "verified_nn_train_id",
-        "p_retrieval", "p_verified")
+        "p_retrieval", "p_verified", "verified_holdout_similarity")
     metrics: ClassVar[tuple[MetricDef, ...]] = (
         MetricDef("mi_mean", "mi", "mean", "mean Memorization Index (z-score against the calibration null)"),
         MetricDef("oni_mean", "oni", "mean", "mean Overfit/Novelty Index, -tanh(MI): -1 copy, +1 novel"),
@@ -124,16 +144,22 @@ class MemorizationValidator:
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
                             context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies,
-                            params.tail, params.verify_k)
-        n_ref = len(train) * (len(detector.transforms) + params.nuisance_copies) + (
-            len(holdout) * (2 if params.verify_k else 1) if use_holdout else 0)
-        tick = context.progress(f"memorization: {extractor.name} reference", n_ref)
-        detector.fit(train.images, digest=train.manifest_sha256(),
-                     calibration=holdout.images if use_holdout else None, progress=tick)
+                            params.tail, params.verify_k, verify_contrast=params.verify_contrast)
+        groups = None
+        if use_holdout:
+            groups = subjects_of(holdout.ids, params.subject_pattern)
+            if params.verify_k and params.verify_contrast and len(set(groups)) < 2:
+                raise InputError(f"{holdout.name}: all {len(holdout)} holdout images belong to one subject "
+                                 f"({groups[0][:80]!r}, by {'subject_pattern' if params.subject_pattern else 'their names'}); the verification contrast needs at "
+                                 "least 2 subjects (or verify_contrast: false)")
+        tick = context.progress(f"memorization: {extractor.name} reference",
+                                detector.fit_work(len(train), len(holdout) if use_holdout else 0))
+        detector.fit(train.images, digest=train.manifest_sha256(), calibration=holdout.images if use_holdout else None,
+                     calibration_groups=groups, progress=tick)
         cand_layers = detector.features(cand.images, context.progress("memorization: candidates", len(cand)))
         index = detector.index_
         scores = detector.score(cand.images, layers=cand_layers, verify_progress=context.progress(
-            "memorization: verifying candidates", len(cand)) if detector.verifying else (lambda _n: None))
+            "memorization: verifying candidates", detector.verify_passes * len(cand)) if detector.verifying else (lambda _n: None))
         emb_train, emb_cand = detector.train_embedding(), detector.embed(cand_layers)
         emb_hold = detector.embed(detector.calibration_features_) if detector.calibration_features_ else None
         authentic = baselines.authenticity(emb_train, emb_cand)
@@ -192,6 +218,8 @@ class MemorizationValidator:
         table["verified_nn_train_id"] = [train.ids[i] for i in scores.verified_nn_index] if verified else [""] * m
         table["p_retrieval"] = scores.p_retrieval if verified else scores.p_value
         table["p_verified"] = scores.p_verified if verified else nan
+        table["verified_holdout_similarity"] = scores.verified_non_member \
+            if verified and scores.verified_non_member is not None else nan
         for k, layer in enumerate(extractor.layers):
             table[f"similarity_{layer}"] = scores.per_layer[k]
         volumes = copied_volumes(table["sample_id"], table["nn_train_id"], flagged)
@@ -234,8 +262,14 @@ class MemorizationValidator:
                              "alpha": params.alpha},
                 "verification": {
                     "k": params.verify_k, "null_size": len(detector.verified_null_),
-                    "null_mean": float(np.mean(detector.verified_null_)),
-                    "null_max": float(np.max(detector.verified_null_)),
+                    "statistic": "membership contrast: z(aligned similarity to train) - z(to holdout, own subject "
+                                 "excluded for a holdout image)" if params.verify_contrast else "z(aligned similarity "
+                                 "to train)",
+                    "holdout_subjects": len(set(groups or ())),
+                    "holdout_subject_rule": params.subject_pattern or "volume file, or file name without its last number",
+                    "null_train_similarity_mean": float(np.mean(detector.verified_train_null_)),
+                    "null_train_similarity_max": float(np.max(detector.verified_train_null_)),
+                    "null_statistic_max": float(np.max(detector.verified_null_)),
                     "tail_model": dataclasses.asdict(detector.verified_tail_) if detector.verified_tail_ else None,
                     "registration": dataclasses.asdict(detector.verify_settings),
                 } if detector.verifying else None,
