@@ -199,36 +199,45 @@ class Detector:
 
     def _retrieve_and_verify(self, images: np.ndarray, embedded: np.ndarray, index, reference: np.ndarray,
                              progress: Progress, exclude: tuple[np.ndarray, np.ndarray] | None = None) -> "Verified":
-        n_ref, k = len(reference), min(self.verify_k, len(reference))
-        # several transforms of one image can crowd the top, and an excluded subject fills it: search deeper
-        skipped = 0 if exclude is None else int(np.bincount(exclude[1]).max())
-        depth = min(index.ntotal, (k + skipped) * len(self.transforms))
-        _, rows = index.search(np.ascontiguousarray(embedded, dtype=np.float32), depth)
+        pairs = self.retrieve_pairs(embedded, index, len(reference), exclude)
         transforms = transform_set(self.invariance)
         best = np.full(len(images), -np.inf)
         best_ref, best_transform = np.zeros(len(images), np.int64), np.zeros(len(images), np.int64)
         for start in range(0, len(images), self.batch_size):
-            pairs = []  # (sample, reference image, transform)
-            for j in range(start, min(start + self.batch_size, len(images))):
-                seen: list[int] = []
-                for row in rows[j]:
-                    i = int(row % n_ref)
-                    if row < 0 or i in seen or (exclude is not None and exclude[1][i] == exclude[0][j]):
-                        continue
-                    seen.append(i)
-                    pairs.append((j, i, int(row // n_ref)))
-                    if len(seen) == k:
-                        break
-            if pairs:
-                queries = np.stack([images[j] for j, _, _ in pairs])
-                refs = np.stack([apply(reference[i][None], transforms[t][1])[0] for _, i, t in pairs])
+            batch = [(j, i, t) for j in range(start, min(start + self.batch_size, len(images))) for i, t in pairs[j]]
+            if batch:
+                queries = np.stack([images[j] for j, _, _ in batch])
+                refs = np.stack([apply(reference[i][None], transforms[t][1])[0] for _, i, t in batch])
                 sim = verify_pairs(queries, refs, settings=self.verify_settings).similarity
-                for (j, i, t), v in zip(pairs, sim):
+                for (j, i, t), v in zip(batch, sim):
                     if v > best[j]:
                         best[j], best_ref[j], best_transform[j] = v, i, t
             progress(min(start + self.batch_size, len(images)) - start)
         return Verified(similarity=np.where(np.isfinite(best), best, 0.0), nn_index=best_ref,
                         nn_transform=best_transform)
+
+    def retrieve_pairs(self, embedded: np.ndarray, index, n_ref: int,
+                       exclude: tuple[np.ndarray, np.ndarray] | None = None) -> list[list[tuple[int, int]]]:
+        """For each query, the ``verify_k`` distinct reference images nearest to it in ``index`` (rows
+        transform-major over ``n_ref`` images), each as (image, transform it matched under). ``exclude``
+        is (the query's group, each reference image's group): a query skips its own group."""
+        k = min(self.verify_k, n_ref)
+        # several transforms of one image can crowd the top, and an excluded subject fills it: search deeper
+        skipped = 0 if exclude is None else int(np.bincount(exclude[1]).max())
+        depth = min(index.ntotal, (k + skipped) * len(self.transforms))
+        _, rows = index.search(np.ascontiguousarray(embedded, dtype=np.float32), depth)
+        out = []
+        for j in range(len(rows)):
+            found: list[tuple[int, int]] = []
+            for row in rows[j]:
+                i = int(row % n_ref)
+                if row < 0 or any(i == f for f, _ in found) or (exclude is not None and exclude[1][i] == exclude[0][j]):
+                    continue
+                found.append((i, int(row // n_ref)))
+                if len(found) == k:
+                    break
+            out.append(found)
+        return out
 
     def score(self, images: np.ndarray, progress: Progress = lambda _n: None,
               layers: list[np.ndarray] | None = None, verify_progress: Progress = lambda _n: None) -> maths.Scores:
