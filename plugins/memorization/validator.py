@@ -267,6 +267,10 @@ class MemorizationValidator:
                                  "to train)",
                     "holdout_subjects": len(set(groups or ())),
                     "holdout_subject_rule": params.subject_pattern or "volume file, or file name without its last number",
+                    "warning": "every holdout image is its own subject by its name: if some are slices of one subject, "
+                               "a holdout image's neighbouring slices count as its non-members, which refuses honest "
+                               "generators too often; name the subjects (subject_pattern)"
+                    if params.verify_contrast and groups and len(set(groups)) == len(groups) > 1 else None,
                     "null_train_similarity_mean": float(np.mean(detector.verified_train_null_)),
                     "null_train_similarity_max": float(np.max(detector.verified_train_null_)),
                     "null_statistic_max": float(np.max(detector.verified_null_)),

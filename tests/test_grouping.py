@@ -1,0 +1,54 @@
+"""Which holdout images belong to one subject: the membership contrast excludes a holdout image's own
+subject from its non-members, so the grouping decides whether the verification null is fair."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_policy
+from gate.cli import app
+from gate_plugins.memorization.grouping import subjects_of
+
+
+def test_slice_numbers_are_dropped_so_slices_of_one_subject_group_together():
+    ids = ["subj0201_z03.npy", "subj0201_z04.npy", "subj0202_z03.npy", "sub-01_T1w_slice-040.png",
+           "sub-01_T1w_slice-041.png", "patient12_z7.png"]
+    g = subjects_of(ids)
+    assert g[0] == g[1] != g[2] and g[3] == g[4] != g[0] and len(set(g)) == 4
+
+
+def test_a_volumes_slices_share_their_file_and_a_pattern_overrides_the_names():
+    assert len(set(subjects_of(["a/x.nii.gz#3", "a/x.nii.gz#4", "a/y.nii.gz#3"]))) == 2
+    g = subjects_of(["site1/sub-07_run-1.png", "site2/sub-07_run-2.png", "site1/sub-08_run-1.png", "other.png"],
+                    r"sub-([0-9]+)")
+    assert g[0] == g[1] != g[2] and g[3] not in g[:3]
+
+
+def test_names_without_a_subject_make_each_image_its_own():
+    g = subjects_of(["img_0001.png", "img_0002.png", "img_0003.png"])
+    assert len(set(g)) == 3
+
+
+def test_a_holdout_of_one_named_subject_is_refused_before_any_compute(tmp_path, mri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one = tmp_path / "one-subject"
+    one.mkdir()
+    for p in sorted(mri["holdout"].glob("subj0201_*.npy")):
+        shutil.copy(p, one / p.name)
+    # by the names alone one subject's numbered slices look like names without a subject (each its own);
+    # a pattern that finds the subject says there is one
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], one, params="{subject_pattern: 'subj([0-9]+)'}")
+    res = CliRunner().invoke(app, ["validate", "--policy", str(policy), "--samples", str(mri["novel"]),
+                                   "--out", str(tmp_path / "out"), "--quiet"])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"] == "error" and res.exit_code != 0, res.output
+    assert "one subject" in report["checks"][0]["error"] and "verify_contrast" in report["checks"][0]["error"]
+
+
+def test_a_subject_pattern_that_is_no_regular_expression_is_a_policy_error(tmp_path, mri):
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"], params="{subject_pattern: 'sub-(['}")
+    res = CliRunner().invoke(app, ["validate", "--policy", str(policy), "--samples", str(mri["novel"]),
+                                   "--out", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 2 and "subject_pattern" in res.output, res.output
