@@ -46,9 +46,9 @@ def default_decision(s, v, null_s, null_v, alpha=0.01, fdr=0.05):
     z, zn = maths.fisher_z(s), maths.fisher_z(null_s)
     p_r = maths.tail_p_values(z, zn, maths.fit_tail(zn))
     p = maths.bonferroni_pair(p_r, maths.tail_p_values(v, null_v, maths.fit_tail(null_v)))
-    set_p = maths.set_test_p_value(maths.simes_p_value(p), maths.count_test_p_value(s, null_s)[1])
+    refused = maths.set_test(p, s, null_s, alpha).copying_detected
     flagged = maths.benjamini_hochberg(p, fdr).mean()
-    return set_p <= alpha or flagged > 0.05 or maths.copy_evidence(p).mean() > 0.15
+    return refused or flagged > 0.05 or maths.copy_evidence(p).mean() > 0.15
 
 
 class Contrast:

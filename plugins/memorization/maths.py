@@ -459,3 +459,23 @@ def count_test_p_value(s: np.ndarray, null: np.ndarray) -> tuple[int, float]:
     s, v = np.asarray(s, dtype=np.float64), np.asarray(null, dtype=np.float64)
     k = int(np.sum(s > v.max()))
     return k, float(stats.betabinom(len(s), 1, len(v)).sf(k - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class SetTest:
+    simes_p: float
+    count_test_p: float
+    n_beyond_null: int
+    copy_test_p: float
+    copying_detected: bool
+
+
+def set_test(p: np.ndarray, similarity: np.ndarray, null_similarity: np.ndarray, alpha: float) -> SetTest:
+    """The set-level decision the validator reports and the power benchmark replays: Simes over the
+    per-sample p-values and the count test on the retrieval similarities, joined by Bonferroni, refused
+    at ``copy_test_p <= alpha``."""
+    simes = simes_p_value(p)
+    n_beyond, count_p = count_test_p_value(similarity, null_similarity)
+    joined = set_test_p_value(simes, count_p)
+    return SetTest(simes_p=simes, count_test_p=count_p, n_beyond_null=n_beyond, copy_test_p=joined,
+                   copying_detected=joined <= alpha)

@@ -172,11 +172,10 @@ class MemorizationValidator:
         }
 
         m, n_null = len(cand), len(index.null_)
-        simes_p = maths.simes_p_value(scores.p_value)
-        n_beyond, scalars["count_test_p"] = maths.count_test_p_value(scores.similarity, index.null_)
-        scalars["n_beyond_null"] = float(n_beyond)
-        scalars["copy_test_p"] = maths.set_test_p_value(simes_p, scalars["count_test_p"])
-        scalars["copying_detected"] = float(scalars["copy_test_p"] <= params.alpha)
+        decision = maths.set_test(scores.p_value, scores.similarity, index.null_, params.alpha)
+        simes_p, n_beyond = decision.simes_p, decision.n_beyond_null
+        scalars.update(count_test_p=decision.count_test_p, n_beyond_null=float(n_beyond),
+                       copy_test_p=decision.copy_test_p, copying_detected=float(decision.copying_detected))
 
         check = planted_p = None
         if params.self_check:
