@@ -52,3 +52,29 @@ def test_a_subject_pattern_that_is_no_regular_expression_is_a_policy_error(tmp_p
     res = CliRunner().invoke(app, ["validate", "--policy", str(policy), "--samples", str(mri["novel"]),
                                    "--out", str(tmp_path / "out"), "--quiet"])
     assert res.exit_code == 2 and "subject_pattern" in res.output, res.output
+
+
+def test_retrieval_skips_the_querys_own_subject_and_keeps_k_distinct_images():
+    """A holdout image's non-members: its own subject's images are never retrieved, even when they are
+    its nearest, and k distinct other images are (each under one transform)."""
+    import faiss
+    import numpy as np
+
+    from gate_plugins.memorization.detector import Detector
+
+    rng = np.random.default_rng(0)
+    n, d, t = 12, 16, 8
+    base = rng.normal(size=(n, d))
+    rows = np.concatenate([base + 0.01 * rng.normal(size=(n, d)) for _ in range(t)])  # transform-major
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(d)
+    index.add(rows.astype(np.float32))
+    groups = np.repeat(np.arange(4), 3)
+    det = Detector(None, "dihedral", verify_k=3)
+    queries = rows[:n]  # each image is its own nearest, then its transforms
+    pairs = det.retrieve_pairs(queries, index, n, (groups, groups))
+    for j, found in enumerate(pairs):
+        images = [i for i, _ in found]
+        assert len(images) == 3 == len(set(images)) and all(groups[i] != groups[j] for i in images), (j, found)
+    plain = det.retrieve_pairs(queries, index, n)
+    assert all(found[0][0] == j for j, found in enumerate(plain))

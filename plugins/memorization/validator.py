@@ -71,6 +71,12 @@ class MemorizationParams(BaseModel):
     power: PowerRequirement | None = Field(
         None, description="refuse to vouch for a pass unless copying at copy_rate is refused with probability "
                           ">= at_least at these sizes (the report says how many samples or holdout images it takes)")
+    cache: bool = Field(True, description="reuse reference features from the content-addressed cache")
+    self_check: bool = Field(True, description="on every run, plant augmented train copies (and, with a holdout, "
+                                               "use the holdout as known-novel) and check the flags")
+    self_check_copies: int = Field(48, ge=1, le=1000, description="planted copies; BH needs about 1/fdr of them "
+                                                                  "to flag any at the coarsest p-value")
+
     @field_validator("subject_pattern")
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
@@ -80,12 +86,6 @@ class MemorizationParams(BaseModel):
         except re.error as e:
             raise ValueError(f"not a regular expression ({e.msg})") from None
         return v
-
-    cache: bool = Field(True, description="reuse reference features from the content-addressed cache")
-    self_check: bool = Field(True, description="on every run, plant augmented train copies (and, with a holdout, "
-                                               "use the holdout as known-novel) and check the flags")
-    self_check_copies: int = Field(48, ge=1, le=1000, description="planted copies; BH needs about 1/fdr of them "
-                                                                  "to flag any at the coarsest p-value")
 
 
 class MemorizationValidator:
@@ -149,9 +149,10 @@ class MemorizationValidator:
         if use_holdout:
             groups = subjects_of(holdout.ids, params.subject_pattern)
             if params.verify_k and params.verify_contrast and len(set(groups)) < 2:
+                rule = "subject_pattern" if params.subject_pattern else "their names"
                 raise InputError(f"{holdout.name}: all {len(holdout)} holdout images belong to one subject "
-                                 f"({groups[0][:80]!r}, by {'subject_pattern' if params.subject_pattern else 'their names'}); the verification contrast needs at "
-                                 "least 2 subjects (or verify_contrast: false)")
+                                 f"({groups[0][:80]!r}, by {rule}); the verification contrast needs at least 2 "
+                                 "subjects (or verify_contrast: false)")
         tick = context.progress(f"memorization: {extractor.name} reference",
                                 detector.fit_work(len(train), len(holdout) if use_holdout else 0))
         detector.fit(train.images, digest=train.manifest_sha256(), calibration=holdout.images if use_holdout else None,
@@ -159,7 +160,8 @@ class MemorizationValidator:
         cand_layers = detector.features(cand.images, context.progress("memorization: candidates", len(cand)))
         index = detector.index_
         scores = detector.score(cand.images, layers=cand_layers, verify_progress=context.progress(
-            "memorization: verifying candidates", detector.verify_passes * len(cand)) if detector.verifying else (lambda _n: None))
+            "memorization: verifying candidates", detector.verify_passes * len(cand))
+            if detector.verifying else (lambda _n: None))
         emb_train, emb_cand = detector.train_embedding(), detector.embed(cand_layers)
         emb_hold = detector.embed(detector.calibration_features_) if detector.calibration_features_ else None
         authentic = baselines.authenticity(emb_train, emb_cand)
