@@ -17,7 +17,7 @@ Decisions compared:
 - the paper: mean ONI < 0.68 (its universal threshold used on the set mean) with its train-halves null,
   plain matching and the paper's whitening.
 
-    python benchmarks/memorization_power.py [--seeds 100]
+    python benchmarks/memorization_power.py [--seeds 40]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def previous_decision(s, null_s, fdr=0.05):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=100)
+    ap.add_argument("--seeds", type=int, default=40)
     args = ap.parse_args()
     t0 = time.perf_counter()
     train, _ = subject_slices(range(1, 9), PER_SUBJECT)
