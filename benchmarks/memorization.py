@@ -57,13 +57,13 @@ def main() -> None:
                            calibration_groups=[i.split("_")[0] for i in holdout_ids], conditions=conditions, **levels, seed=args.seed)
     print(f"train {len(train)} slices ({n} subjects), test {len(test)} ({n} other subjects), holdout "
           f"{len(holdout)} ({len(holdout) // 25} more subjects), 128x128, seed {args.seed}")
+    paper = ("" if args.reduced else "; paper-style = the same extractor with plain matching, the paper's "
+             "whitening, the train-halves null and conformal p-values")
     print("variants: gate default = EfficientNet-Lite0, 2 px prefilter, dihedral matching, nuisance whitening "
           "(2 misaligned copies per train image), holdout calibration, tail p-values, and the top 3 retrieved "
           "train images verified by registration, scored by the membership contrast (against the holdout's other "
-          "subjects); retrieval only = the same without verification; "
-          "paper-style = the same extractor with plain matching, the paper's whitening, the train-halves null "
-          "and conformal p-values. Each AUC "
-          "ranks samples by the variant's own p-value (-log10 p)\n")
+          f"subjects); retrieval only = the same without verification{paper}. Each AUC ranks samples by the "
+          "variant's own p-value (-log10 p)\n")
     print(render_tables(result))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
