@@ -146,6 +146,7 @@ class Detector:
             self.reference_index_ = _flat_index(self.reference_embedding())
             to_train = self.verify(calibration, cal, progress)
             self.verified_train_null_ = to_train.similarity
+            to_holdout = None
             if self.verify_contrast:
                 groups = np.arange(len(calibration)) if calibration_groups is None else \
                     np.unique(np.asarray([str(g) for g in calibration_groups]), return_inverse=True)[1]
@@ -158,10 +159,8 @@ class Detector:
                 views = [cal] + [self.features(_Transformed(calibration, fn), progress)
                                  for _, fn in transform_set(self.invariance)[1:]]
                 self.holdout_index_ = _flat_index(np.concatenate([self.embed(v) for v in views]))
-                to_holdout = self.verify_non_members(calibration, cal, progress, exclude_groups=groups)
-                self.verified_null_ = maths.membership_contrast(to_train.similarity, to_holdout.similarity)
-            else:
-                self.verified_null_ = maths.fisher_z(to_train.similarity)
+                to_holdout = self.verify_non_members(calibration, cal, progress, exclude_groups=groups).similarity
+            self.verified_null_ = self.verification_statistic(to_train.similarity, to_holdout)
             self.verified_tail_ = maths.fit_tail(self.verified_null_) if self.tail else None
         return self
 
