@@ -1,4 +1,9 @@
-"""gate: a validation gate for generative models kept in an MLflow registry."""
+"""gate: a validation gate for generative models kept in an MLflow registry.
+
+Python API: :func:`validate` and :func:`promote` (the CLI's ``gate validate`` and ``gate promote``).
+"""
+
+from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -6,3 +11,35 @@ try:
     __version__ = version("gate-mri")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
+
+
+def validate(policy, *, model: str | None = None, samples=None, tracking_uri: str | None = None,
+             out="gate-report", train=None, holdout=None, signing_key=None, progress=None):
+    """Validate a candidate (``model="models:/NAME/VERSION"`` or a ``samples`` folder) against a policy
+    file and write the reports to ``out``; returns :class:`gate.workflow.Result` (``.report`` is the
+    :class:`gate.report.Report`, ``.exit_code`` what the CLI would exit with). Bad input raises
+    :class:`gate.errors.GateError` (its ``exit_code`` is 2); a validator that fails is a report with
+    verdict ``error``, never an exception. ``progress(description, total)`` returns ``tick(n)``."""
+    return _workflow_validate(policy, out, model=model, samples=samples, tracking_uri=tracking_uri, train=train,
+                              holdout=holdout, signing_key=signing_key, progress=progress)
+
+
+def promote(model: str, *, policy, alias: str = "champion", tracking_uri: str | None = None, out="gate-report",
+            train=None, holdout=None, signing_key=None, progress=None):
+    """Validate ``model``, then point ``alias`` at it only on a pass; ``Result.promoted`` says whether it
+    moved and ``Result.replaced`` which version held the alias before."""
+    return _workflow_validate(policy, out, model=model, tracking_uri=tracking_uri, train=train, holdout=holdout,
+                              signing_key=signing_key, promote_alias=alias, progress=progress)
+
+
+def _workflow_validate(policy, out, *, progress=None, **fields):
+    # imported here: `import gate` (and the guard inside an MLflow server) stays light
+    from pathlib import Path
+
+    from gate.workflow import Request
+    from gate.workflow import validate as run_validation
+
+    paths = {k: Path(v) if v is not None and k in ("samples", "train", "holdout", "signing_key") else v
+             for k, v in fields.items()}
+    request = Request(Path(policy), Path(out), **paths)
+    return run_validation(request, progress) if progress is not None else run_validation(request)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gate.errors import ExitCode, GateError, InputError, Refusal
+from gate.errors import ConfigError, ExitCode, GateError, InputError, Refusal
 from gate.textsafe import one_line
 
 COMMANDS_GROUP = "gate.commands"
@@ -22,7 +22,7 @@ DEFAULT_POLICY = Path("policies/default.yaml")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Validation gate for generative imaging models kept in an MLflow registry.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error line is one line, whatever the log's width
 out = Console()
 
 
@@ -30,7 +30,9 @@ def _quiet_env() -> None:
     # no telemetry, no hub downloads: gate never needs the network beyond the tracking server
     for key, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"),
                        ("GX_ANALYTICS_ENABLED", "false"),
-                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("MLFLOW_ENABLE_LOGGED_MODEL_CREATION_NOTIFICATION", "false")):
+                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+                       # MLflow sets its loggers' level from this when it is imported, after anything gate could set
+                       ("MLFLOW_LOGGING_LEVEL", "ERROR"), ("MLFLOW_ENABLE_LOGGED_MODEL_CREATION_NOTIFICATION", "false")):
         os.environ.setdefault(key, value)
 
 
@@ -87,6 +89,8 @@ OutOpt = typer.Option(Path("gate-report"), "--out", "-o", help="folder for the r
 TrainOpt = typer.Option(None, "--train", help="override the policy's data.train folder")
 HoldoutOpt = typer.Option(None, "--holdout", help="override the policy's data.holdout folder")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars (for CI)")
+JsonOpt = typer.Option(False, "--json", help="print the verdict, metrics, rules and report paths as JSON on stdout "
+                                            "(nothing else; errors stay on stderr)")
 SigningKeyOpt = typer.Option(None, "--signing-key", envvar="GATE_SIGNING_KEY",
                              help="Ed25519 private key (gate keygen): sign the result as an attestation")
 
@@ -126,11 +130,30 @@ def warn(message: str) -> None:
     err.print(f"gate: warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _run(req, quiet: bool) -> None:
+def result_document(result) -> dict:
+    """What ``--json`` prints: the verdict, each check's metrics and rules, the promotion and where the
+    reports are (report.json holds everything else)."""
+    r = result.report
+    return {
+        "verdict": r.verdict, "exit_code": int(result.exit_code), "blocking": r.blocking, "summary": r.summary,
+        "model": result.model.version_uri if result.model else None,
+        "promotion": {"requested": result.promote_requested, "promoted": result.promoted,
+                      "replaced_version": result.replaced} if result.promote_requested else None,
+        "checks": [{"id": c.id, "validator": c.validator, "status": c.status, "error": c.error,
+                    "metrics": c.metrics,
+                    "rules": [{"metric": o.metric, "value": o.value, "condition": o.condition,
+                               "severity": o.severity, "passed": o.passed} for o in c.rules]} for c in r.checks],
+        "reports": {name: str(result.out / name) for name in ("report.json", "report.html", "report.pdf", "summary.md")
+                    if (result.out / name).exists()},
+        "report_sha256": result.report_sha256,
+    }
+
+
+def _run(req, quiet: bool, as_json: bool = False) -> None:
     from gate.workflow import validate
 
     try:
-        with progress_bars(quiet) as progress:
+        with progress_bars(quiet or as_json) as progress:
             result = validate(req, progress, warn=warn)
     except GateError as exc:
         fail(exc)
@@ -138,10 +161,15 @@ def _run(req, quiet: bool) -> None:
         interrupted()
     except Exception as exc:  # noqa: BLE001 - the one error boundary: a crash is exit 3, never "blocked"
         crash(exc, Path(req.out))
+    if as_json:  # stdout is the document alone; errors stay gate's lines on stderr
+        print(json.dumps(result_document(result), indent=2, allow_nan=False, default=str))
+        raise typer.Exit(int(result.exit_code))
     report_result(result, quiet)
     if req.promote_alias:
         if result.promoted:
-            out.print(f"promoted {result.model.version_uri} to @{req.promote_alias}", highlight=False)
+            before = f" (it held version {result.replaced})" if result.replaced and result.replaced != \
+                result.model.version else ""
+            out.print(f"promoted {result.model.version_uri} to @{req.promote_alias}{before}", highlight=False)
         else:
             out.print(f"[red]refused[/]: {result.model.version_uri} was not promoted to @{req.promote_alias} "
                       f"(verdict {result.report.verdict})", highlight=False)
@@ -152,11 +180,12 @@ def _run(req, quiet: bool) -> None:
 def validate(policy: Path = PolicyOpt, model: Optional[str] = ModelOpt, samples: Optional[Path] = SamplesOpt,
              tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt, train: Optional[Path] = TrainOpt,
              holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt,
-             signing_key: Optional[Path] = SigningKeyOpt) -> None:
+             signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt) -> None:
     """Validate a candidate against a policy and write the reports."""
     from gate.workflow import Request
 
-    _run(Request(policy, out_dir, model, samples, tracking_uri, train, holdout, signing_key=signing_key), quiet)
+    _run(Request(policy, out_dir, model, samples, tracking_uri, train, holdout, signing_key=signing_key), quiet,
+         as_json)
 
 
 @app.command()
@@ -164,12 +193,12 @@ def promote(model: str = typer.Option(..., "--model", help="models:/NAME/VERSION
             alias: str = typer.Option("champion", "--alias", help="alias to set on a pass"),
             policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt,
             train: Optional[Path] = TrainOpt, holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt,
-            signing_key: Optional[Path] = SigningKeyOpt) -> None:
-    """Validate, then set the alias only on a pass (never otherwise)."""
+            signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt) -> None:
+    """Validate, then set the alias only on a pass (never otherwise); says which version held it."""
     from gate.workflow import Request
 
     _run(Request(policy, out_dir, model, None, tracking_uri, train, holdout, promote_alias=alias,
-                 signing_key=signing_key), quiet)
+                 signing_key=signing_key), quiet, as_json)
 
 
 @app.command()
@@ -369,11 +398,28 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version_cal
     _quiet_env()
 
 
+def _quiet_mlflow() -> None:
+    """MLflow's advice to model authors (type hints on predict, cloudpickle versions, logged-model
+    notices) printed on every run buries gate's own lines; gate's process owns its warning filters and
+    log levels, so the entry point (never the library code) turns that advice down."""
+    import logging
+
+    # MLflow re-opens its own filters inside its calls (simplefilter("once")), so filters cannot hold it:
+    # warnings go through logging instead (the stdlib's hook for that), where MLflow's are dropped
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addFilter(lambda record: f"{os.sep}mlflow{os.sep}" not in record.getMessage())
+
+
 def _load_plugin_commands() -> None:
     """Plugins add sub-commands (``demo``, ``bench``) through the ``gate.commands`` entry points."""
+    from gate.validators import extras_hint
+
     for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP):
         try:
             ep.load()(app)
+        except ModuleNotFoundError as exc:
+            err.print(f"gate: warning: command plugin '{ep.name}' needs {exc.name!r}, which is not installed"
+                      f"{extras_hint(ep.dist)}", markup=False, soft_wrap=True)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the core CLI down
             err.print(f"gate: warning: command plugin '{ep.name}' failed to load: {type(exc).__name__}: {exc}",
                       markup=False)
@@ -386,6 +432,7 @@ def main() -> None:
 
     die_with_parent()  # a no-op unless started by `gate serve`
     _quiet_env()
+    _quiet_mlflow()
     _load_plugin_commands()
     try:
         code = app(standalone_mode=False)
@@ -397,15 +444,36 @@ def main() -> None:
         code = int(exc.exit_code)
     except KeyboardInterrupt:
         code = int(ExitCode.INTERRUPTED)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "gate").split(".")[0] in ("gate", "gate_plugins"):
+            sys.exit(crash_code(exc))  # gate's own module missing: a broken install is a crash
+        # an optional stack that is not installed (the core installs without the MRI validators' torch)
+        from gate.validators import extras_hint
+
+        missing = ConfigError(f"{exc.name!r} is not installed{extras_hint(_own_distribution())}")
+        fail_line(missing)
+        code = int(missing.exit_code)
     except Exception as exc:  # noqa: BLE001
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()  # a usage error: click's own message and exit code (typer vendors click privately)
             sys.exit(exc.exit_code)
-        try:
-            crash(exc, None)
-        except typer.Exit as e:
-            code = e.exit_code
+        code = crash_code(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def crash_code(exc: BaseException) -> int:
+    try:
+        crash(exc, None)
+    except typer.Exit as e:
+        return e.exit_code
+    return int(ExitCode.VALIDATOR_ERROR)
+
+
+def _own_distribution() -> "importlib.metadata.Distribution | None":
+    try:
+        return importlib.metadata.distribution("gate-mri")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from gate.policy import LoadedPolicy, load_policy
 from gate.provenance import library_versions, now
 from gate.report import CheckResult, DataManifest, Provenance, Report, RuleOutcome
 from gate.rules import evaluate_rule, gx_check
-from gate.validators import CheckContext, Figure, MetricDef, ValidatorRegistry, discover
+from gate.errors import InputError
+from gate.validators import CheckContext, Figure, MetricDef, Plan, ValidatorRegistry, discover
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -44,13 +45,28 @@ def load_inputs(policy_path: Path, train: Path | None = None, holdout: Path | No
     registry = registry or discover()
     policy = load_policy(policy_path, registry)
     data = policy.model.spec.data
-    train_dir = Path(train or data.train)
-    holdout_dir = Path(holdout) if holdout else (Path(data.holdout) if data.holdout else None)
+    # the policy's folders are already anchored at its own folder (load_policy); overrides are the user's,
+    # relative to the working directory
+    train_dir = Path(train) if train else data.train
+    holdout_dir = Path(holdout) if holdout else data.holdout
     train_set = read_image_folder(train_dir, "train")
     holdout_set = read_image_folder(holdout_dir, "holdout") if holdout_dir else None
     if holdout_set is not None:
         check_same_size(train_set, holdout_set)
     return Inputs(policy, registry, train_set, holdout_set, train_dir, holdout_dir)
+
+
+def preflight(inputs: Inputs, plan: Plan) -> None:
+    """Every problem that the policy, the data as read and the sampling plan already show, from every
+    check at once, before any model runs: one InputError, a line per problem (exit 2, in seconds)."""
+    problems = []
+    for i, check in enumerate(inputs.policy.model.spec.checks):
+        hook = getattr(inputs.registry.get(check.validator).cls(), "preflight", None)
+        if hook is not None:
+            problems += [f"spec.checks.{i} ({check.id}): {p}" for p in hook(plan, check.params)]
+    if problems:
+        raise InputError("\n".join([f"{inputs.policy.path}: {len(problems)} problem(s) found before running "
+                                     "anything:", *problems]))
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -269,7 +269,24 @@ def load_policy(path: Path, registry: ValidatorRegistry) -> LoadedPolicy:
         raise ConfigError("\n".join(lines)) from None
     rule_lines = {(i, j): _line_of(doc, ("spec", "checks", i, "rules", j))
                   for i, check in enumerate(model.spec.checks) for j in range(len(check.rules))}
+    model = anchor_paths(model, path.absolute().parent)  # a symlinked policy: the link's folder
     return LoadedPolicy(model=model, path=path, text=text, rule_lines=rule_lines)
+
+
+def anchor_paths(value: Any, base: Path) -> Any:
+    """Every relative path in a validated policy (data folders, validators' weight files), resolved
+    against the policy file's folder, as a compose file or a Makefile resolves its paths: a policy then
+    means the same from any working directory. Only ``Path``-typed values move; strings stay strings."""
+    if isinstance(value, BaseModel):
+        return value.model_copy(update={k: anchor_paths(getattr(value, k), base) for k in type(value).model_fields})
+    if isinstance(value, PurePath):
+        value = Path(value).expanduser()
+        return value if value.is_absolute() else base / value
+    if isinstance(value, dict):
+        return {k: anchor_paths(v, base) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(anchor_paths(v, base) for v in value)
+    return value
 
 
 def _plain(node: Any) -> Any:

@@ -72,5 +72,14 @@ def abandon_validation_run(ref: ModelRef, tracking_uri: str, run_id: str) -> Non
         pass
 
 
-def promote(ref: ModelRef, tracking_uri: str, alias: str) -> None:
-    client_for(tracking_uri).set_registered_model_alias(ref.name, alias, ref.version)
+def promote(ref: ModelRef, tracking_uri: str, alias: str) -> str | None:
+    """Point ``alias`` at this version; returns the version that held it before (None: it was free)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(tracking_uri)
+    try:
+        previous = str(client.get_model_version_by_alias(ref.name, alias).version)
+    except MlflowException:
+        previous = None
+    client.set_registered_model_alias(ref.name, alias, ref.version)
+    return previous

@@ -23,6 +23,13 @@ def resolve_tracking_uri(explicit: str | None, workdir: Path | None = None) -> s
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+def is_embedded_default(tracking_uri: str) -> bool:
+    """Whether this URI is the store gate falls back to when no tracking URI was given (the usual
+    cause of a "no such model version": a forgotten --tracking-uri)."""
+    return not os.environ.get("MLFLOW_TRACKING_URI") and \
+        tracking_uri == f"sqlite:///{(Path.cwd() / '.gate' / 'mlflow.db').resolve()}"
+
+
 def default_artifact_root(tracking_uri: str) -> str | None:
     """Keep artifacts of the embedded store beside its database rather than in ./mlruns."""
     if tracking_uri.startswith("sqlite:///"):
@@ -94,7 +101,10 @@ def make_read_only(folder: Path) -> None:
 def _mlflow_reason(exc: Exception, tracking_uri: str) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
-        return f"no such model version in {tracking_uri} ({text})"
+        hint = ("; no --tracking-uri was given and MLFLOW_TRACKING_URI is not set, so this is gate's embedded "
+                "store in the working directory: give the server your model is registered in"
+                if is_embedded_default(tracking_uri) else "")
+        return f"no such model version in {tracking_uri} ({text}){hint}"
     if any(s in str(exc) for s in ("Connection", "Max retries", "refused", "API request")):
         return f"MLflow server at {tracking_uri} is unreachable ({text[:200]})"
     return f"{type(exc).__name__}: {text[:300]}"

@@ -107,8 +107,11 @@ def gate_code_dirs() -> list[Path]:
 def python_roots() -> list[Path]:
     """What the child must see to run Python and import gate: the interpreter's prefixes and, for an
     editable install, gate's own source folders (never the folder they sit in, which holds ``.gate/``)."""
+    # site folders that a .pth line adds (a venv layered on another, conda develop) hold gate's
+    # dependencies too; only site folders, so that nothing else on sys.path (a test folder) is shown
+    sites = [Path(p) for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
     roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
-             Path(os.path.realpath(sys.executable)).parent.parent, *gate_code_dirs()}
+             Path(os.path.realpath(sys.executable)).parent.parent, *sites, *gate_code_dirs()}
     roots = sorted({r.resolve() for r in roots if r.exists()})
     if Path("/") in roots:
         raise SandboxError(f"the Python installation ({sys.executable}) sits at the file system's root: the "

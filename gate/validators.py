@@ -7,7 +7,10 @@ A validator is a class with:
 - ``metrics``: the set-level metrics it produces, each a :class:`MetricDef` saying how the value is
   derived from the per-sample table, so that rules can be checked over that table independently;
 - ``columns``: the columns of its per-sample table (``sample_id`` first);
-- ``run(context, params) -> CheckOutput``.
+- ``run(context, params) -> CheckOutput``;
+- optionally ``preflight(plan, params) -> list[str]``: the problems that the policy, the real sets as
+  read and the sampling plan already show (missing labels, too small a holdout, shapes), one line each,
+  so that gate reports them all in seconds, before any model runs. ``run`` still checks what it needs.
 
 Raising inside ``run`` means "not validated": the check is recorded as an error and the verdict blocks.
 Raise :class:`gate.errors.InputError` for bad input so that the message names the input.
@@ -52,6 +55,18 @@ class MetricDef:
         if values.size == 0 or not np.isfinite(values).all():
             return math.nan  # a rule over a NaN never passes
         return float(getattr(np, self.aggregate)(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What is known before any model runs or any feature is computed: the real sets as read (sizes,
+    labels, ids), how many candidates will be checked, and whether they will carry labels."""
+
+    train: ImageSet
+    holdout: ImageSet | None
+    n_candidates: int
+    candidate_labelled: bool
+    candidate_shape: tuple[int, ...] | None = None  # None: drawn from a generator, held to the train's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +171,22 @@ def discover(group: str = ENTRY_POINT_GROUP) -> ValidatorRegistry:
             check_validator_class(cls)
             if cls.name != ep.name:
                 raise TypeError(f"entry point '{ep.name}' loads a validator named '{cls.name}'")
+        except ModuleNotFoundError as exc:
+            failures[ep.name] = f"{ep.value} (from {dist}) needs {exc.name!r}, which is not installed" + \
+                extras_hint(ep.dist)
+            continue
         except Exception as exc:  # noqa: BLE001 - any import failure is reported, never hidden
             failures[ep.name] = f"{ep.value} (from {dist}): {type(exc).__name__}: {exc}"
             continue
         loaded[ep.name] = LoadedValidator(ep.name, cls, dist, ep.dist.version if ep.dist else "?")
     return ValidatorRegistry(loaded, failures)
+
+
+def extras_hint(dist: importlib.metadata.Distribution | None) -> str:
+    """How to get a plugin's dependencies: its distribution's extras, named (the core installs light,
+    so a validator whose stack is an extra is the usual cause of a missing module)."""
+    extras = (dist.metadata.get_all("Provides-Extra") or []) if dist is not None else []
+    if not extras:
+        return ""
+    return f": install {dist.name} with its extras, e.g. pip install '{dist.name}[{extras[0]}]' (extras: " \
+           f"{', '.join(extras)})"

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from gate.engine import Inputs, load_inputs, run
+from gate.engine import Inputs, load_inputs, preflight, run
 from gate.errors import ConfigError, ExitCode, InputError, ValidatorError
 from gate.generator import assemble_samples
 from gate.imageio import read_image_folder
@@ -18,6 +18,7 @@ from gate.imageset import ImageSet
 from gate.registry import ModelRef, check_reachable, resolve_model, resolve_tracking_uri
 from gate.render.writer import write_reports
 from gate.report import Report
+from gate.validators import Plan
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 CACHE_DIR = Path(".gate") / "cache"  # relative: the working directory's, as the embedded store
@@ -45,6 +46,7 @@ class Result:
     promoted: bool
     tracking_uri: str | None
     promote_requested: bool = False
+    replaced: str | None = None  # the version that held the alias before this one was promoted
 
     @property
     def exit_code(self) -> ExitCode:
@@ -103,6 +105,8 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         tracking_uri = resolve_tracking_uri(req.tracking_uri)
         check_reachable(tracking_uri)
         ref = resolve_model(req.model, tracking_uri)
+        preflight(inputs, Plan(inputs.train, inputs.holdout, spec.candidate.n_samples,
+                               candidate_labelled=generator_mode(spec.candidate.mode, ref) in ("conditional", "paired")))
         hidden = [Path(req.out), *([req.signing_key] if req.signing_key else [])]
         candidate, model_info = draw_candidate(ref, tracking_uri, inputs, isolation, progress, hidden)
         if isolation != BUBBLEWRAP:  # it could read the cache's key: nothing it may have written is trusted
@@ -111,6 +115,8 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
             FeatureCache(CACHE_DIR).rotate_key()
     else:
         candidate = read_image_folder(req.samples, "candidate")
+        preflight(inputs, Plan(inputs.train, inputs.holdout, len(candidate), candidate.labels is not None,
+                               candidate.shape))
 
     run_id = recording.start_validation_run(ref, tracking_uri, inputs.policy.model.metadata.name) if ref else None
     try:
@@ -129,19 +135,19 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         if run_id:  # never leave a validation run looking as if it were still going
             recording.abandon_validation_run(ref, tracking_uri, run_id)
         raise
-    promoted = False
+    promoted, replaced = False, None
     if ref:
         try:
             recording.finish_validation_run(ref, tracking_uri, run_id, outcome.report, sha, Path(req.out),
                                             attestation=envelope)
             if req.promote_alias and outcome.report.verdict == "pass":
-                recording.promote(ref, tracking_uri, req.promote_alias)
+                replaced = recording.promote(ref, tracking_uri, req.promote_alias)
                 promoted = True
         except Exception as exc:  # noqa: BLE001 - reports are on disk; the registry could not be updated
             raise ValidatorError(f"{tracking_uri}: could not record the validation in MLflow "
                                  f"({type(exc).__name__}: {str(exc)[:300]}); nothing was promoted") from None
     return Result(outcome.report, sha, Path(req.out), ref, promoted, tracking_uri,
-                  promote_requested=bool(req.promote_alias))
+                  promote_requested=bool(req.promote_alias), replaced=replaced)
 
 
 def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: str,
@@ -152,10 +158,7 @@ def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: 
     from gate.sandbox import SamplingPlan, SandboxLimits, sample_in_sandbox
 
     c = inputs.policy.model.spec.candidate
-    mode = c.mode if c.mode != "auto" else (ref.generator_mode or "unconditional")
-    if mode not in ("unconditional", "conditional", "paired"):
-        raise InputError(f"{ref.uri}: unknown gate.generator_mode tag {mode[:40]!r} (unconditional, conditional, "
-                         "paired); set spec.candidate.mode")
+    mode = generator_mode(c.mode, ref)
     condition = conditioning_labels(inputs.train, c.n_samples, c.seed, c.label_deformation_px) \
         if mode == "conditional" else None
     plan = SamplingPlan(mode, c.n_samples, c.seed, c.batch_size)
@@ -175,6 +178,15 @@ def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: 
             "generator_mode": mode, "artifacts_sha256": digest, "creation_timestamp": ref.creation_timestamp,
             "workspace": ref.workspace}
     return candidate, info
+
+
+def generator_mode(policy_mode: str, ref: ModelRef) -> str:
+    """The policy's candidate mode, or with ``auto`` the version's ``gate.generator_mode`` tag."""
+    mode = policy_mode if policy_mode != "auto" else (ref.generator_mode or "unconditional")
+    if mode not in ("unconditional", "conditional", "paired"):
+        raise InputError(f"{ref.uri}: unknown gate.generator_mode tag {mode[:40]!r} (unconditional, conditional, "
+                         "paired); set spec.candidate.mode")
+    return mode
 
 
 def _make_removable(folder: Path) -> None:

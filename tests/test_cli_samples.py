@@ -25,12 +25,17 @@ def policy(tmp_path, mri):
 def test_copies_are_blocked_and_every_report_is_written(tmp_path, mri, policy, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    res = gate("validate", "--policy", policy, "--samples", mri["copies"], "--out", out, "--quiet")
+    res = gate("validate", "--policy", policy, "--samples", mri["copies"], "--out", out, "--json")
     assert res.exit_code == 1, res.output
-    assert "FAIL" in res.output
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"] == "fail" and report["blocking"] is True
     check = report["checks"][0]
+    # --json: stdout is the document alone, and it says what report.json says
+    doc = json.loads(res.stdout)
+    assert doc["verdict"] == "fail" and doc["exit_code"] == 1 and doc["promotion"] is None
+    assert doc["checks"][0]["metrics"] == check["metrics"]
+    assert [(r["metric"], r["passed"]) for r in doc["checks"][0]["rules"]] == [("fraction_flagged", False)]
+    assert doc["reports"]["report.json"] == str(out / "report.json")
     assert check["metrics"]["fraction_flagged"] > 0.5
     flagged = check["diagnostics"]["flagged_samples"]
     assert len(flagged) == check["metrics"]["n_flagged"]
@@ -209,3 +214,28 @@ def test_without_a_holdout_the_self_check_uses_planted_copies_only(tmp_path, mri
     check = json.loads((tmp_path / "out" / "report.json").read_text())["checks"][0]
     assert check["diagnostics"]["calibration"] == "train_halves"
     assert check["diagnostics"]["self_check"]["n_novel"] == 0 and check["diagnostics"]["self_check"]["passed"]
+
+
+def test_a_missing_version_in_the_embedded_store_says_no_tracking_uri_was_given(tmp_path, mri, policy, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = gate("validate", "--policy", policy, "--model", "models:/brain-gen/7", "--quiet")
+    assert res.exit_code == 2, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("gate: error:"))
+    assert "no such model version" in line and "no --tracking-uri was given" in line, res.output
+
+
+def test_the_python_api_returns_the_report_it_wrote(tmp_path, mri, monkeypatch):
+    import gate as gate_api
+
+    monkeypatch.chdir(tmp_path)
+    # the detector's cheapest honest settings: the API is under test here, not the detector
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"],
+                          params="{self_check: false, verify_k: 0, null_splits: 2, power: null}")
+    result = gate_api.validate(policy, samples=mri["copies"], out=tmp_path / "api")
+    assert result.report.verdict == "fail" and int(result.exit_code) == 1 and not result.promoted
+    written = json.loads((tmp_path / "api" / "report.json").read_text())
+    assert written["verdict"] == "fail" and written["checks"][0]["metrics"] == result.report.checks[0].metrics
+    with pytest.raises(Exception) as info:  # bad input is a GateError with the CLI's exit code
+        gate_api.validate(tmp_path / "missing.yaml", samples=mri["copies"], out=tmp_path / "x")
+    assert int(info.value.exit_code) == 2 and "missing.yaml" in str(info.value)

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from conftest import write_check_policy
 from gate.cli import app
 from gate.errors import InputError
-from gate.generator import (ConditionalImageGenerator, PairedImageGenerator, assemble_samples, log_generator,
-                            sample_generator)
+from gate.generator import (ConditionalImageGenerator, ImageGenerator, PairedImageGenerator, assemble_samples,
+                            log_generator, sample_generator)
 from gate.imageio import read_image_folder
 from gate.imageset import ImageSet
 from gate_plugins.mri.demo_data import write_slices
@@ -159,7 +159,6 @@ def _seg_policy(path, root, params="{epochs: 2, channels: [8, 16], bootstrap: 20
 @pytest.mark.parametrize("case, message", [
     ("extra_class", "candidate labels use class 5, which the holdout labels lack"),
     ("empty_class", "candidate labels never contain class 1"),
-    ("unlabelled", "needs labelled candidates"),
     ("budget", "time_budget_s = 0.001 ran out"),
 ])
 def test_segmentation_check_fails_closed_with_a_reason(labelled, tmp_path, case, message):
@@ -173,7 +172,7 @@ def test_segmentation_check_fails_closed_with_a_reason(labelled, tmp_path, case,
     elif case == "budget":
         params = "{epochs: 50, channels: [8, 16], time_budget_s: 0.001}"
     ids = [f"c{i}" for i in range(8)]
-    write_slices(tmp_path / "cand", images, ids, None if case == "unlabelled" else labels)
+    write_slices(tmp_path / "cand", images, ids, labels)
     policy = _seg_policy(tmp_path / "p.yaml", root, params)
     res = runner.invoke(app, ["validate", "--policy", str(policy), "--samples", str(tmp_path / "cand"),
                               "--out", str(tmp_path / "out"), "--quiet"])
@@ -240,3 +239,50 @@ def test_registry_calls_leave_no_mlflow_uri_behind(tmp_path, monkeypatch):
     download_model(resolve_model("models:/leak/1", uri), uri, tmp_path / "dl")
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+
+
+class _Noise(ImageGenerator):
+    """Unconditional: its samples carry no label maps."""
+
+    def generate(self, n, seed):
+        return np.random.default_rng(seed).random((n, 128, 128), dtype=np.float32)
+
+
+def test_what_the_plan_shows_is_reported_together_before_the_generator_runs(labelled, tmp_path):
+    """Unlabelled candidates for a segmentation check and images too small for the quality check's NIQE
+    patches are known from the policy, the headers and the generator's mode tag: both are named at once,
+    exit 2, before anything is downloaded, sampled or recorded."""
+    root, _ = labelled
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mv, _ = log_generator(_Noise(), "noise", tracking_uri=uri)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"""apiVersion: gate/v1
+kind: ValidationPolicy
+metadata: {{name: plan-test, owner: tests}}
+spec:
+  candidate: {{n_samples: 8, batch_size: 8}}
+  data: {{train: {root / 'train'}, holdout: {root / 'holdout'}}}
+  checks:
+    - {{id: seg, validator: segmentation, params: {{epochs: 2}}, rules: []}}
+    - {{id: iq, validator: quality, params: {{niqe_block: 128}}, rules: []}}
+""")
+    res = runner.invoke(app, ["validate", "--policy", str(policy), "--model", f"models:/noise/{mv.version}",
+                              "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("gate: error:")]
+    assert "2 problem(s) found before running anything" in errors[0]
+    assert any("spec.checks.0 (seg)" in e and "needs labelled candidates" in e for e in errors), errors
+    assert any("spec.checks.1 (iq)" in e and "too small for niqe_block 128" in e for e in errors), errors
+    assert not (tmp_path / "out").exists()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+                if r.info.run_name.startswith("validate-")], "a validation run was recorded"
+
+
+def test_unlabelled_samples_for_a_segmentation_check_are_refused_before_any_training(labelled, tmp_path):
+    root, (tr_i, _, _, _) = labelled
+    write_slices(tmp_path / "cand", tr_i[:8], [f"c{i}" for i in range(8)], None)
+    res = runner.invoke(app, ["validate", "--policy", str(_seg_policy(tmp_path / "p.yaml", root)), "--samples",
+                              str(tmp_path / "cand"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "needs labelled candidates" in res.output and not (tmp_path / "out").exists()

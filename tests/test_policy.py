@@ -161,3 +161,28 @@ def test_insensitive_metrics_downgrade_block_rules_unless_pinned():
     assert pinned.severity == "block" and pinned.downgraded is None
     other = evaluate_rule("c", Rule(metric="m", lte=1.0), metric, table, 3, None, {})
     assert other.severity == "block"
+
+
+def test_relative_paths_resolve_against_the_policy_files_folder(tmp_path, registry, monkeypatch):
+    """A policy means the same from any working directory: its data folders and validators' files
+    (here the memorization check's checkpoint and the quality check's weights) are anchored at its folder."""
+    folder = tmp_path / "project" / "policies"
+    folder.mkdir(parents=True)
+    (folder / "p.yaml").write_text("""apiVersion: gate/v1
+kind: ValidationPolicy
+metadata: {name: p, owner: me}
+spec:
+  data: {train: ../data/train, holdout: /abs/holdout}
+  checks:
+    - {id: memorization, validator: memorization, params: {checkpoint: w/mri-core.pt}}
+    - {id: quality, validator: quality, params: {pyiqa: [niqe], pyiqa_weights: {niqe: niqe.mat}}}
+""")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_policy(folder / "p.yaml", registry).model.spec
+    assert spec.data.train == folder / "../data/train"
+    assert str(spec.data.holdout) == "/abs/holdout"
+    assert spec.checks[0].params.checkpoint == folder / "w" / "mri-core.pt"
+    assert spec.checks[1].params.pyiqa_weights["niqe"] == folder / "niqe.mat"
+    assert list(spec.checks[1].params.pyiqa) == ["niqe"]  # strings stay strings

@@ -14,7 +14,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gate.errors import InputError
-from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
+from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
 from gate_plugins.memorization import baselines, figures, maths
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
@@ -88,6 +88,11 @@ class MemorizationParams(BaseModel):
         return v
 
 
+def _uses_holdout(params: MemorizationParams, holdout) -> bool:
+    """The null comes from the holdout with calibration: holdout, or auto when there is one."""
+    return holdout is not None and params.calibration in ("holdout", "auto")
+
+
 class MemorizationValidator:
     name: ClassVar[str] = "memorization"
     Params: ClassVar[type[BaseModel]] = MemorizationParams
@@ -125,34 +130,43 @@ class MemorizationValidator:
                                         "strongly negative when copying; needs data.holdout"),
     )
 
+    def preflight(self, plan: Plan, params: MemorizationParams) -> list[str]:
+        """What the sizes, shapes and holdout names already rule out (before any feature is computed)."""
+        train, holdout = plan.train, plan.holdout
+        problems = []
+        if len(train) < 4:
+            problems.append(f"{train.name}: the memorization null needs at least 4 train images, got {len(train)}")
+        if plan.candidate_shape is not None and tuple(plan.candidate_shape) != tuple(train.shape):
+            problems.append(f"candidate images are {tuple(plan.candidate_shape)} but train images are {train.shape}")
+        if params.invariance != "none" and train.shape[0] != train.shape[1]:
+            problems.append(f"invariance '{params.invariance}' needs square images, got {train.shape}; use "
+                            "invariance: none")
+        if params.calibration == "holdout" and holdout is None:
+            problems.append("calibration: holdout needs a data.holdout folder in the policy")
+        if _uses_holdout(params, holdout) and params.verify_k and params.verify_contrast:
+            groups = subjects_of(holdout.ids, params.subject_pattern)
+            if len(set(groups)) < 2:
+                rule = "subject_pattern" if params.subject_pattern else "their names"
+                problems.append(f"{holdout.name}: all {len(holdout)} holdout images belong to one subject "
+                                f"({groups[0][:80]!r}, by {rule}); the verification contrast needs at least 2 "
+                                "subjects (or verify_contrast: false)")
+        return problems
+
     def run(self, context: CheckContext, params: MemorizationParams) -> CheckOutput:
         train, cand, holdout = context.train, context.candidate, context.holdout
-        if len(train) < 4:
-            raise InputError(f"{train.name}: the memorization null needs at least 4 train images, got {len(train)}")
-        if train.shape != cand.shape:
-            raise InputError(f"candidate images are {cand.shape} but train images are {train.shape}")
+        problems = self.preflight(Plan(train, holdout, len(cand), cand.labels is not None, cand.shape), params)
+        if problems:
+            raise InputError("; ".join(problems))
         for label, imgs in (("train", train.images), ("candidate", cand.images)):
             if not np.isfinite(imgs).all():
                 raise InputError(f"{label} images contain non-finite values")
-        if params.invariance != "none" and train.shape[0] != train.shape[1]:
-            raise InputError(f"invariance '{params.invariance}' needs square images, got {train.shape}; "
-                             "use invariance: none")
-        use_holdout = params.calibration == "holdout" or (params.calibration == "auto" and holdout is not None)
-        if use_holdout and holdout is None:
-            raise InputError("calibration: holdout needs a data.holdout folder in the policy")
+        use_holdout = _uses_holdout(params, holdout)
 
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
                             context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies,
                             params.tail, params.verify_k, verify_contrast=params.verify_contrast)
-        groups = None
-        if use_holdout:
-            groups = subjects_of(holdout.ids, params.subject_pattern)
-            if params.verify_k and params.verify_contrast and len(set(groups)) < 2:
-                rule = "subject_pattern" if params.subject_pattern else "their names"
-                raise InputError(f"{holdout.name}: all {len(holdout)} holdout images belong to one subject "
-                                 f"({groups[0][:80]!r}, by {rule}); the verification contrast needs at least 2 "
-                                 "subjects (or verify_contrast: false)")
+        groups = subjects_of(holdout.ids, params.subject_pattern) if use_holdout else None
         tick = context.progress(f"memorization: {extractor.name} reference",
                                 detector.fit_work(len(train), len(holdout) if use_holdout else 0))
         detector.fit(train.images, digest=train.manifest_sha256(), calibration=holdout.images if use_holdout else None,

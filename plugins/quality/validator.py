@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
 from gate.errors import InputError
-from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
+from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
 from gate_plugins.quality import iqms
@@ -91,18 +91,27 @@ class QualityValidator:
     columns: ClassVar[tuple[str, ...]] = ("sample_id",) + IQMS + ("niqe", "degenerate")
     metrics: ClassVar[tuple[MetricDef, ...]] = _metric_defs()
 
+    def preflight(self, plan: Plan, params: QualityParams) -> list[str]:
+        problems = []
+        if len(plan.train) < 4:
+            problems.append(f"{plan.train.name}: the quality check needs at least 4 train images, got {len(plan.train)}")
+        shapes = [plan.train.shape] + ([plan.holdout.shape] if plan.holdout is not None else []) + \
+            ([tuple(plan.candidate_shape)] if plan.candidate_shape is not None else [])
+        smallest = min(min(shape) for shape in shapes)
+        if smallest < 2 * params.niqe_block:
+            problems.append(f"images of {smallest} px are too small for niqe_block {params.niqe_block}: use "
+                            f"niqe_block <= {smallest // 2} or larger images")
+        return problems
+
     def run(self, context: CheckContext, params: QualityParams) -> CheckOutput:
         train, cand, holdout = context.train, context.candidate, context.holdout
         for label, s in (("train", train), ("candidate", cand)) + ((("holdout", holdout),) if holdout else ()):
             if not np.isfinite(s.images).all():
                 raise InputError(f"{label} images contain non-finite values")
-        if len(train) < 4:
-            raise InputError(f"{train.name}: the quality check needs at least 4 train images, got {len(train)}")
+        problems = self.preflight(Plan(train, holdout, len(cand), cand.labels is not None, cand.shape), params)
+        if problems:
+            raise InputError("; ".join(problems))
         real = holdout if holdout is not None else train
-        smallest = min(min(s.images.shape[1:]) for s in (train, cand, real))
-        if smallest < 2 * params.niqe_block:
-            raise InputError(f"images of {smallest} px are too small for niqe_block {params.niqe_block}: "
-                             f"use niqe_block <= {smallest // 2} or larger images")
         rng = np.random.default_rng(context.seed + 7919)
         # NIQE's pristine model comes from train so that the holdout, the candidate's comparison, is out of sample
         fit_idx = np.sort(rng.choice(len(train), size=min(len(train), MAX_REAL_SLICES), replace=False))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gate.errors import InputError
 from gate.featurecache import FeatureCache
 from gate.imageset import ImageSet
-from gate.validators import CheckContext, CheckOutput, Figure, MetricDef
+from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
 from gate_plugins.segmentation import metrics as M
 
 _SCALARS = {
@@ -70,6 +70,10 @@ class SegmentationValidator:
         MetricDef(k, None, "scalar", v) for k, v in _SCALARS.items()) + (
         MetricDef("foreground_fraction_mean", "foreground_fraction", "mean",
                   "mean share of labelled (non-background) pixels in the candidate's label maps"),)
+
+    def preflight(self, plan: Plan, params: SegmentationParams) -> list[str]:
+        return _label_problems(plan.candidate_labelled, plan.candidate_shape, plan.holdout,
+                               plan.train if params.baseline else None)
 
     def run(self, context: CheckContext, params: SegmentationParams) -> CheckOutput:
         deadline = time.monotonic() + params.time_budget_s
@@ -143,33 +147,59 @@ def _check_labels(cand: ImageSet, holdout: ImageSet | None, train: ImageSet | No
     for s in (cand, holdout, train):
         if s is not None and not np.isfinite(s.images).all():
             raise InputError(f"{s.name} images contain non-finite values (NaN or inf)")
-    if cand.labels is None:
-        raise InputError("the segmentation check needs labelled candidates: set spec.candidate.mode to "
-                         "conditional or paired, or give --samples a folder with images/ and labels/")
+    problems = _label_problems(cand.labels is not None, cand.shape, holdout, train)
+    if not problems:
+        problems = _class_problems([cand], holdout)
+    if problems:
+        raise InputError(problems[0])
+    classes = _classes(holdout)
+    return max(classes) + 1, classes
+
+
+def _label_problems(candidate_labelled: bool, candidate_shape, holdout: ImageSet | None,
+                    train: ImageSet | None) -> list[str]:
+    """What the check needs before it can train anything: labels on every set, one grid, two classes,
+    and train labels that use exactly the holdout's classes (``train`` is None without a baseline)."""
+    problems = []
+    if not candidate_labelled:
+        problems.append("the segmentation check needs labelled candidates: set spec.candidate.mode to conditional "
+                        "or paired, or give --samples a folder with images/ and labels/")
     if holdout is None or holdout.labels is None:
-        raise InputError("the segmentation check needs a labelled holdout: spec.data.holdout with images/ and "
-                         "labels/ (real scans the generator never saw)")
+        problems.append("the segmentation check needs a labelled holdout: spec.data.holdout with images/ and "
+                        "labels/ (real scans the generator never saw)")
     if train is not None and train.labels is None:
-        raise InputError("the real-only baseline needs labelled train images (spec.data.train with images/ and "
-                         "labels/), or set params.baseline: false")
-    if cand.shape != holdout.shape:
-        raise InputError(f"candidate images are {cand.shape} but the holdout's are {holdout.shape}")
-    classes = sorted(int(c) for c in np.unique(holdout.labels))
+        problems.append("the real-only baseline needs labelled train images (spec.data.train with images/ and "
+                        "labels/), or set params.baseline: false")
+    if holdout is None or holdout.labels is None:
+        return problems
+    if candidate_shape is not None and tuple(candidate_shape) != tuple(holdout.shape):
+        problems.append(f"candidate images are {tuple(candidate_shape)} but the holdout's are {holdout.shape}")
+    classes = _classes(holdout)
     if len(classes) < 2:
-        raise InputError(f"{holdout.name}: the holdout labels hold a single class ({classes}): nothing to segment")
-    for s in (cand, train):
-        if s is None:
-            continue
+        problems.append(f"{holdout.name}: the holdout labels hold a single class ({classes}): nothing to segment")
+    elif train is not None and train.labels is not None:
+        problems += _class_problems([train], holdout)
+    return problems
+
+
+def _classes(holdout: ImageSet) -> list[int]:
+    return sorted(int(c) for c in np.unique(holdout.labels))
+
+
+def _class_problems(sets: list[ImageSet], holdout: ImageSet) -> list[str]:
+    classes = _classes(holdout)
+    problems = []
+    for s in sets:
         used = set(int(c) for c in np.unique(s.labels))
         extra = sorted(used - set(classes))
         if extra:
-            raise InputError(f"{s.name} labels use class {extra[0]}, which the holdout labels lack "
-                             f"(holdout classes: {classes})")
+            problems.append(f"{s.name} labels use class {extra[0]}, which the holdout labels lack "
+                            f"(holdout classes: {classes})")
         empty = sorted(set(classes) - used)
         if empty:
-            raise InputError(f"{s.name} labels never contain class {empty[0]} (holdout classes: {classes}): a "
-                             "segmenter trained on them cannot learn it")
-    return max(classes) + 1, classes
+            problems.append(f"{s.name} labels never contain class {empty[0]} (holdout classes: {classes}): a "
+                            "segmenter trained on them cannot learn it")
+    return problems
 
 
 def _baseline_key(train: ImageSet, holdout: ImageSet, pick, test_idx, n_classes, params, seed) -> str:
