@@ -367,6 +367,21 @@ def audit_verify(log: Path = typer.Argument(Path(".gate/serve/audit.jsonl"), hel
 
 
 @app.command()
+def report(folder: Path = typer.Argument(..., help="a report folder (holding report.json)"),
+           out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="write there instead of FOLDER")) -> None:
+    """Render the HTML, PDF, JUnit and summary again from a folder's report.json (report.json, which
+    an attestation signs, is never rewritten)."""
+    from gate.render.writer import rerender
+
+    try:
+        written = rerender(folder, out_dir)
+    except GateError as exc:
+        fail(exc)
+    for path in written:
+        out.print(f"wrote {escape(one_line(path))}", highlight=False)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of policies (built from the installed validators)."""
     from gate.policy import policy_json_schema

@@ -63,6 +63,17 @@ def test_copies_are_blocked_and_every_report_is_written(tmp_path, mri, policy, m
     assert "memorization.fraction_flagged" in pdf and "FAILED" in pdf
     gx = json.loads((out / "gx_validation.json").read_text())
     assert gx["suites"]["memorization.samples"]["success"] is False
+    # gate report renders the same HTML again from the folder alone (figures included)
+    res = gate("report", out, "--out", tmp_path / "again")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "again" / "report.html").read_text() == html
+    assert (tmp_path / "again" / "summary.md").read_text() == (out / "summary.md").read_text()
+    again = " ".join(" ".join(pg.extract_text() for pg in PdfReader(tmp_path / "again" / "report.pdf").pages).split())
+    assert "gate compliance report: FAIL" in again and not (tmp_path / "again" / "report.json").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.json").write_text('{"verdict": "pass"}')
+    res = gate("report", tmp_path / "bad")
+    assert res.exit_code == 2 and "not a gate report" in res.output
     assert not list(out.glob(".staging-*"))
 
 
