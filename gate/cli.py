@@ -23,7 +23,7 @@ DEFAULT_POLICY = Path("policies/default.yaml")
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Validation gate for generative imaging models kept in an MLflow registry.")
 err = Console(stderr=True, soft_wrap=True)  # an error line is one line, whatever the log's width
-out = Console()
+out = Console(soft_wrap=True)  # a path or a digest is never cut across lines in a log
 
 
 def _quiet_env() -> None:

@@ -172,8 +172,8 @@ def discover(group: str = ENTRY_POINT_GROUP) -> ValidatorRegistry:
             if cls.name != ep.name:
                 raise TypeError(f"entry point '{ep.name}' loads a validator named '{cls.name}'")
         except ModuleNotFoundError as exc:
-            failures[ep.name] = f"{ep.value} (from {dist}) needs {exc.name!r}, which is not installed" + \
-                extras_hint(ep.dist)
+            failures[ep.name] = f"{ep.value} (from {dist}): ModuleNotFoundError: it needs {exc.name!r}, which is " \
+                                f"not installed{extras_hint(ep.dist)}"
             continue
         except Exception as exc:  # noqa: BLE001 - any import failure is reported, never hidden
             failures[ep.name] = f"{ep.value} (from {dist}): {type(exc).__name__}: {exc}"

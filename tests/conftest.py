@@ -50,6 +50,13 @@ def mri(tmp_path_factory):
     }
 
 
+#: the memorization check without its costly stages (dihedral matching, nuisance whitening, verification,
+#: self-check, power analysis), for tests about the service, the sandbox, the registry, the CI step and the
+#: reports; the detector at its defaults is tested in test_cli_samples, test_sparse_copying, test_detector,
+#: test_trained_generators and the demo
+CHEAP_MEMORIZATION = "{invariance: none, nuisance_copies: 0, null_splits: 2, verify_k: 0, self_check: false, power: null}"
+
+
 def write_policy(path: Path, train: Path, holdout: Path | None = None, *, mode: str = "enforce",
                  params: str = "{}", rules: str | None = None, n_samples: int = 16) -> Path:
     rules = rules if rules is not None else """

@@ -5,7 +5,7 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from conftest import write_policy
+from conftest import CHEAP_MEMORIZATION, write_policy
 from gate.cli import app
 from gate.generator import ImageGenerator, log_generator
 
@@ -29,7 +29,7 @@ def test_signed_validation_verifies_and_every_tampering_is_refused(tmp_path, mri
 
     np.save(pool, read_image_folder(mri["novel"], "novel").images)
     mv, _ = log_generator(TrainLikeGenerator(), "gen", tracking_uri=uri, artifacts={"pool": str(pool)})
-    policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"], rules=" []")
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"], rules=" []", params=CHEAP_MEMORIZATION)
     assert runner.invoke(app, ["keygen", "--out", str(tmp_path / "k")]).exit_code == 0
     assert runner.invoke(app, ["keygen", "--out", str(tmp_path / "k")]).exit_code == 2  # never overwrites
     assert runner.invoke(app, ["keygen", "--out", str(tmp_path / "other")]).exit_code == 0
@@ -96,7 +96,7 @@ def test_signed_validation_verifies_and_every_tampering_is_refused(tmp_path, mri
     mv1 = client.get_model_version("gen", "1")  # source: models:/m-... (MLflow 3 logged model) or runs:/RUN/...
     owners = {mv1.run_id} | ({mv1.source.rsplit("/", 1)[-1]} if mv1.source.startswith("models:/") else set())
     model_files = [p for p in tmp_path.rglob("python_model.pkl") if owners & set(p.parts)]
-    assert len(model_files) == 1, (model_id, list(tmp_path.rglob("python_model.pkl")))
+    assert len(model_files) == 1, (owners, list(tmp_path.rglob("python_model.pkl")))
     with open(model_files[0], "ab") as f:
         f.write(b"\0")
     code, output = verify("models:/gen/1", "--public-key", pub, "--tracking-uri", uri)

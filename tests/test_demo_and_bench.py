@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 GATE = str(Path(sys.executable).with_name("gate"))

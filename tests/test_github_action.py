@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, write_policy
+from conftest import CHEAP_MEMORIZATION, REPO, write_policy
 
 ACTIONLINT = str(Path(sys.executable).with_name("actionlint"))
 
@@ -39,7 +39,7 @@ def _step(tmp_path, samples, policy):
 
 
 def test_step_script_writes_outputs_summary_and_one_annotation_per_failed_block_rule(tmp_path, mri):
-    policy = write_policy(tmp_path / "policy.yaml", mri["train"], mri["holdout"])
+    policy = write_policy(tmp_path / "policy.yaml", mri["train"], mri["holdout"], params=CHEAP_MEMORIZATION)
     (tmp_path / "pass").mkdir()
     res, outputs, summary = _step(tmp_path / "pass", mri["novel"], policy)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -10,7 +10,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
 
-from conftest import mlflow_server, write_policy
+from conftest import CHEAP_MEMORIZATION, mlflow_server, write_policy
 from gate import attestation as A
 from gate.cli import app
 from gate.generator import ImageGenerator, log_generator
@@ -79,7 +79,7 @@ def test_the_guard_refuses_unattested_promotions_and_allows_validated_ones(guard
     assert client.get_registered_model(NAME).aliases.get("champion") is None
 
     # the real path: gate validates with the signing key and then the alias may be set by hand
-    policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"], rules=" []")
+    policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"], rules=" []", params=CHEAP_MEMORIZATION)
     res = CliRunner().invoke(app, ["validate", "--model", f"models:/{NAME}/{v_valid}", "--tracking-uri", uri,
                                    "--policy", str(policy), "--out", str(tmp_path / "out"), "--quiet",
                                    "--signing-key", str(keys["signer"])])

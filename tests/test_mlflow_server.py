@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import free_port, mlflow_server, write_policy
+from conftest import CHEAP_MEMORIZATION, free_port, mlflow_server, write_policy
 from gate.cli import app
 from gate.generator import ImageGenerator, log_generator
 from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
@@ -48,7 +48,8 @@ def versions(server, mri, tmp_path_factory):
 
 @pytest.fixture
 def policy(tmp_path, mri):
-    return write_policy(tmp_path / "policy.yaml", mri["train"], mri["holdout"], n_samples=16)
+    return write_policy(tmp_path / "policy.yaml", mri["train"], mri["holdout"], n_samples=16,
+                        params=CHEAP_MEMORIZATION)
 
 
 def gate(*args):

@@ -68,6 +68,10 @@ def test_output_is_deterministic_for_a_seed_and_matches_the_declaration(name, sm
     pd.testing.assert_frame_equal(a.table, b.table)
     assert a.scalars.keys() == b.scalars.keys()
     assert np.allclose(list(a.scalars.values()), list(b.scalars.values()), equal_nan=True)
+    if "self_test_cache" in a.diagnostics:  # quality: the self-test sees only real data, so it runs once
+        assert (a.diagnostics["self_test_cache"], b.diagnostics["self_test_cache"]) == ("miss", "hit")
+        assert a.diagnostics["sensitivity_rho"] == b.diagnostics["sensitivity_rho"]
+        assert a.insensitive == b.insensitive
     for m in cls.metrics:
         value = m.compute(a.table, a.scalars)
         assert np.isfinite(value) or (m.aggregate == "scalar" and m.name in a.scalars), m.name

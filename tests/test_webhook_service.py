@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import mlflow_server, write_policy
+from conftest import CHEAP_MEMORIZATION, mlflow_server, write_policy
 from gate import attestation as A
 from gate.cli import app
 from gate.generator import log_generator
@@ -58,7 +58,8 @@ def world(tmp_path_factory, mri):
         copier, _ = log_generator(CopyingGenerator(), "sources", tracking_uri=uri, tags={"kind": "copier"},
                                   artifacts={"train_slices": str(root / "train_slices.npy"),
                                              "train_labels": str(root / "train_labels.npy")})
-        policy = write_policy(root / "policy.yaml", mri["train"], mri["holdout"], n_samples=16)
+        policy = write_policy(root / "policy.yaml", mri["train"], mri["holdout"], n_samples=16,
+                              params=CHEAP_MEMORIZATION)
         service = LocalGateService(root / "service", uri, policy, root / "gate.key", SECRET, workers=2,
                                    model_names=(NAME,))
         service.start()

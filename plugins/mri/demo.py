@@ -44,7 +44,7 @@ def _run_demo(workdir: Path, policy: Path, quiet: bool, copy_policy: bool) -> in
     from gate_plugins.mri.generators import (CopyingGenerator, LabelRenderingGenerator, MisalignedRenderingGenerator,
                                              NovelSubjectGenerator)
 
-    console = Console()
+    console = Console(soft_wrap=True)  # paths stay on one line in logs
     t0 = time.perf_counter()
     shipped = policy
     load_policy(policy, discover())  # a bad policy is named (gate's error line) before anything is built

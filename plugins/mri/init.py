@@ -63,7 +63,7 @@ def fitted_policy(train: Path, holdout: Path | None, out: Path) -> tuple[str, li
     else:
         subjects = len(set(subjects_of(holdout_set.ids, None)))
         if subjects < 2:
-            notes.append(f"the holdout holds one subject by its file names: the verification contrast would be "
+            notes.append("the holdout holds one subject by its file names: the verification contrast would be "
                          f"refused; give images of several subjects or set subject_pattern")
         if len(holdout_set) < MEASURED_HOLDOUT:
             notes.append(f"the holdout has {len(holdout_set)} images ({subjects} subjects by name); the default's "

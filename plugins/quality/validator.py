@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
 from gate.errors import InputError
+from gate.featurecache import FeatureCache, cache_key
+from gate.imageset import ImageSet
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
@@ -183,8 +185,18 @@ class QualityValidator:
             f"the real-vs-real band, the 95 % range of the mean of {len(cand)} real slices drawn at random; the "
             "dot is the candidate's mean (red when outside the band). NIQE is fitted on train.")]
         if params.self_test:
-            rho, with_ventricles, undefined_clean = self._self_test(real.images, train.images, f_train, f_hold, per_sample, detector,
-                                                   embed, params, context.seed)
+            # the self-test sees only real data, so it is the same for every candidate against this reference
+            cache = FeatureCache(context.cache_dir) if params.cache and context.cache_dir else None
+            key = _self_test_key(real, train, holdout, extractor, scorer, params, context.seed)
+            found = cache.load(key) if cache is not None else None
+            if found is not None and found.status == "hit":
+                rho, with_ventricles, undefined_clean = _self_test_from_arrays(found.arrays)
+            else:
+                rho, with_ventricles, undefined_clean = self._self_test(
+                    real.images, train.images, f_train, f_hold, per_sample, detector, embed, params, context.seed)
+                if cache is not None:
+                    cache.store(key, _self_test_arrays(rho, with_ventricles, undefined_clean))
+            diagnostics["self_test_cache"] = found.status if found is not None else "off"
             diagnostics["self_test_slices_with_ventricles"] = with_ventricles
             diagnostics["undefined_on_clean_real"] = undefined_clean
             matrix = {m: {p: round(v, 3) for p, v in row.items()} for m, row in rho.items()}
@@ -257,6 +269,34 @@ class QualityValidator:
                 rho.setdefault(metric, {})[pert] = float(r) if np.isfinite(r) else 0.0
         undefined_clean = sorted(m for m, v in clean.items() if not np.isfinite(v))
         return rho, int(sum(ventricles(im).any() for im in base)), undefined_clean
+
+
+#: bump when the self-test's perturbations, their levels or the measures change (cached results go stale)
+SELF_TEST_FORMAT = 1
+
+
+def _self_test_key(real: ImageSet, train: ImageSet, holdout: ImageSet | None, extractor, scorer,
+                   params: QualityParams, seed: int) -> str:
+    """Everything the self-test's result depends on: the real sets' content, the feature space, the
+    pyiqa weights, the parameters and the seed (never the candidate)."""
+    return cache_key(kind="quality-self-test", format=SELF_TEST_FORMAT, real=real.manifest_sha256(),
+                     train=train.manifest_sha256(), holdout=holdout.manifest_sha256() if holdout is not None else None,
+                     extractor=extractor.name, weights=extractor.weights_sha256(),
+                     scorer=scorer.provenance() if scorer is not None else None,
+                     params=params.model_dump(mode="json"), seed=seed)
+
+
+def _self_test_arrays(rho: dict[str, dict[str, float]], with_ventricles: int, undefined: list[str]) -> dict:
+    metrics, perts = list(rho), list(next(iter(rho.values())))
+    return {"metrics": np.array(metrics, dtype=str), "perturbations": np.array(perts, dtype=str),
+            "rho": np.array([[rho[m][p] for p in perts] for m in metrics], dtype=float),
+            "with_ventricles": np.array([with_ventricles]), "undefined": np.array(undefined, dtype=str)}
+
+
+def _self_test_from_arrays(a: dict) -> tuple[dict[str, dict[str, float]], int, list[str]]:
+    perts = [str(p) for p in a["perturbations"]]
+    rho = {str(m): {p: float(v) for p, v in zip(perts, row)} for m, row in zip(a["metrics"], a["rho"])}
+    return rho, int(a["with_ventricles"][0]), [str(m) for m in a["undefined"]]
 
 
 def _blind_statement(d: dict) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_policy
+from conftest import CHEAP_MEMORIZATION, write_policy
 from gate import attestation as A
 from gate.cli import app
 from gate.featurecache import FeatureCache
@@ -28,7 +28,7 @@ from gate.generator import ImageGenerator, log_generator
 from gate.sandbox import BUBBLEWRAP, probe_isolation
 
 #: the memorization check without its costly parts (these tests are about the gate, not the detector)
-CHEAP = "{invariance: none, nuisance_copies: 0, null_splits: 2}"
+CHEAP = CHEAP_MEMORIZATION
 
 
 def test_a_forged_cache_entry_is_not_trusted(tmp_path):

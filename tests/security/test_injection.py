@@ -14,7 +14,7 @@ import pytest
 from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
-from conftest import write_policy
+from conftest import CHEAP_MEMORIZATION, write_policy
 from gate.cli import app
 
 NAME = "evil](x) <img src=x onerror=alert(1)> **bold** `tick` | pipe @here #1 $x$\n::notice title=pwned::owned\n##[warning]v1"
@@ -50,7 +50,7 @@ def _assert_markdown_neutral(markdown: str) -> None:
 def hostile_run(tmp_path_factory, mri):
     root = tmp_path_factory.mktemp("inject")
     samples = _hostile_samples(root, mri["novel"])
-    policy = write_policy(root / "policy.yaml", mri["train"], mri["holdout"])
+    policy = write_policy(root / "policy.yaml", mri["train"], mri["holdout"], params=CHEAP_MEMORIZATION)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         res = CliRunner().invoke(app, ["validate", "--policy", str(policy), "--samples", str(samples),
@@ -128,7 +128,7 @@ def test_github_step_output_and_summary_are_neutralised(hostile_run, tmp_path):
 
 def test_github_step_bad_input_is_neutralised(tmp_path, mri):
     missing = tmp_path / NAME / "nowhere"
-    policy = write_policy(tmp_path / "policy.yaml", mri["train"])
+    policy = write_policy(tmp_path / "policy.yaml", mri["train"], params=CHEAP_MEMORIZATION)
     res, outputs, summary = _step(tmp_path, missing, policy)
     assert res.returncode == 2 and "verdict=error" in outputs, res.stdout + res.stderr
     _assert_no_foreign_commands(res)
