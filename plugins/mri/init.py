@@ -64,7 +64,7 @@ def fitted_policy(train: Path, holdout: Path | None, out: Path) -> tuple[str, li
         subjects = len(set(subjects_of(holdout_set.ids, None)))
         if subjects < 2:
             notes.append("the holdout holds one subject by its file names: the verification contrast would be "
-                         f"refused; give images of several subjects or set subject_pattern")
+                         "refused; give images of several subjects or set subject_pattern")
         if len(holdout_set) < MEASURED_HOLDOUT:
             notes.append(f"the holdout has {len(holdout_set)} images ({subjects} subjects by name); the default's "
                          f"power (5 % copying refused in 93 % of seeds at 64 samples) was measured with "
