@@ -41,10 +41,11 @@ def progress_bars(quiet: bool) -> Iterator[Callable[[str, int], Callable[[int], 
     if quiet:
         yield lambda _d, _t: (lambda _n: None)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False) as bars:
+                  TextColumn("left"), TimeRemainingColumn(), console=err, transient=False) as bars:
         def factory(desc: str, total: int) -> Callable[[int], None]:
             task = bars.add_task(desc, total=total)
             return lambda n: bars.advance(task, n)

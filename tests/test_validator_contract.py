@@ -33,8 +33,24 @@ def small_sets():
         labelled("holdout", range(201, 203), 6)
 
 
-def _context(train, cand, tmp_path, seed=0, holdout=None):
-    return CheckContext(candidate=cand, train=train, holdout=holdout, seed=seed, batch_size=8, cache_dir=tmp_path)
+def _context(train, cand, tmp_path, seed=0, holdout=None, progress=None):
+    extra = {"progress": progress} if progress is not None else {}
+    return CheckContext(candidate=cand, train=train, holdout=holdout, seed=seed, batch_size=8, cache_dir=tmp_path,
+                        **extra)
+
+
+class _Bars:
+    """Records every progress bar a validator opens and how far each got."""
+
+    def __init__(self):
+        self.bars: dict[str, list[int]] = {}
+
+    def __call__(self, desc, total):
+        self.bars[desc] = [0, total]
+
+        def tick(n):
+            self.bars[desc][0] += n
+        return tick
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -61,7 +77,10 @@ def test_declared_metrics_and_columns(name):
 def test_output_is_deterministic_for_a_seed_and_matches_the_declaration(name, small_sets, tmp_path):
     cls = REGISTRY.validators[name].cls
     train, cand, holdout = small_sets
-    a = cls().run(_context(train, cand, tmp_path, holdout=holdout), cls.Params())
+    bars = _Bars()
+    a = cls().run(_context(train, cand, tmp_path, holdout=holdout, progress=bars), cls.Params())
+    # every bar a validator opens is filled exactly: its remaining time is then an honest estimate
+    assert all(done == total for done, total in bars.bars.values()), bars.bars
     b = cls().run(_context(train, cand, tmp_path, holdout=holdout), cls.Params())
     assert list(a.table.columns[: len(cls.columns)]) == list(cls.columns)
     assert a.table["sample_id"].tolist() == list(cand.ids)
@@ -70,6 +89,7 @@ def test_output_is_deterministic_for_a_seed_and_matches_the_declaration(name, sm
     assert np.allclose(list(a.scalars.values()), list(b.scalars.values()), equal_nan=True)
     if "self_test_cache" in a.diagnostics:  # quality: the self-test sees only real data, so it runs once
         assert (a.diagnostics["self_test_cache"], b.diagnostics["self_test_cache"]) == ("miss", "hit")
+        assert any(d.startswith("quality: self-test") for d in bars.bars)  # long enough to deserve a bar
         assert a.diagnostics["sensitivity_rho"] == b.diagnostics["sensitivity_rho"]
         assert a.insensitive == b.insensitive
     for m in cls.metrics:

@@ -192,8 +192,10 @@ class QualityValidator:
             if found is not None and found.status == "hit":
                 rho, with_ventricles, undefined_clean = _self_test_from_arrays(found.arrays)
             else:
+                steps = 1 + sum(len(p.levels) for p in PERTURBATIONS.values()) + 2 * len(SET_LEVELS)
                 rho, with_ventricles, undefined_clean = self._self_test(
-                    real.images, train.images, f_train, f_hold, per_sample, detector, embed, params, context.seed)
+                    real.images, train.images, f_train, f_hold, per_sample, detector, embed, params, context.seed,
+                    context.progress("quality: self-test (perturbed real slices)", steps))
                 if cache is not None:
                     cache.store(key, _self_test_arrays(rho, with_ventricles, undefined_clean))
             diagnostics["self_test_cache"] = found.status if found is not None else "off"
@@ -239,7 +241,7 @@ class QualityValidator:
 
     @staticmethod
     def _self_test(real, train, f_train, f_hold, per_sample, detector, embed, params,
-                   seed) -> tuple[dict[str, dict[str, float]], int, list[str]]:
+                   seed, tick=lambda _n: None) -> tuple[dict[str, dict[str, float]], int, list[str]]:
         rng = np.random.default_rng(seed + 104729)
         k = min(params.self_test_slices, len(real))
         base = real[rng.choice(len(real), size=k, replace=False)]
@@ -252,6 +254,7 @@ class QualityValidator:
             # the candidate-side metrics only: the real-vs-real baseline does not change with the perturbation
             dist = distribution_metrics(reference, None, feats)
             out.update({m: dist[m] for m in SET_METRICS})
+            tick(1)
             return out
 
         clean = measure(base)
