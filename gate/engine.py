@@ -64,8 +64,10 @@ def preflight(inputs: Inputs, plan: Plan) -> None:
         hook = getattr(inputs.registry.get(check.validator).cls(), "preflight", None)
         if hook is not None:
             problems += [f"spec.checks.{i} ({check.id}): {p}" for p in hook(plan, check.params)]
+    if len(problems) == 1:
+        raise InputError(f"{inputs.policy.path}: {problems[0]}")
     if problems:
-        raise InputError("\n".join([f"{inputs.policy.path}: {len(problems)} problem(s) found before running "
+        raise InputError("\n".join([f"{inputs.policy.path}: {len(problems)} problems found before running "
                                      "anything:", *problems]))
 
 

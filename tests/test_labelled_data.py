@@ -270,7 +270,7 @@ spec:
                               "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--quiet"])
     assert res.exit_code == 2, res.output
     errors = [line for line in res.output.splitlines() if line.startswith("gate: error:")]
-    assert "2 problem(s) found before running anything" in errors[0]
+    assert "2 problems found before running anything" in errors[0]
     assert any("spec.checks.0 (seg)" in e and "needs labelled candidates" in e for e in errors), errors
     assert any("spec.checks.1 (iq)" in e and "too small for niqe_block 128" in e for e in errors), errors
     assert not (tmp_path / "out").exists()
