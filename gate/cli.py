@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -150,6 +151,17 @@ def result_document(result) -> dict:
     }
 
 
+def _finite(value):
+    """JSON has no NaN or infinity: a metric that is not a finite number is null, as in report.json."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _run(req, quiet: bool, as_json: bool = False) -> None:
     from gate.workflow import validate
 
@@ -163,7 +175,7 @@ def _run(req, quiet: bool, as_json: bool = False) -> None:
     except Exception as exc:  # noqa: BLE001 - the one error boundary: a crash is exit 3, never "blocked"
         crash(exc, Path(req.out))
     if as_json:  # stdout is the document alone; errors stay gate's lines on stderr
-        print(json.dumps(result_document(result), indent=2, allow_nan=False, default=str))
+        print(json.dumps(_finite(result_document(result)), indent=2, allow_nan=False, default=str))
         raise typer.Exit(int(result.exit_code))
     report_result(result, quiet)
     if req.promote_alias:
@@ -435,7 +447,7 @@ def _load_plugin_commands() -> None:
             ep.load()(app)
         except ModuleNotFoundError as exc:
             err.print(f"gate: warning: command plugin '{ep.name}' needs {exc.name!r}, which is not installed"
-                      f"{extras_hint(ep.dist)}", markup=False, soft_wrap=True)
+                      f"{extras_hint(ep.dist, exc.name)}", markup=False, soft_wrap=True)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the core CLI down
             err.print(f"gate: warning: command plugin '{ep.name}' failed to load: {type(exc).__name__}: {exc}",
                       markup=False)
@@ -461,12 +473,12 @@ def main() -> None:
     except KeyboardInterrupt:
         code = int(ExitCode.INTERRUPTED)
     except ModuleNotFoundError as exc:
-        if (exc.name or "gate").split(".")[0] in ("gate", "gate_plugins"):
-            sys.exit(crash_code(exc))  # gate's own module missing: a broken install is a crash
-        # an optional stack that is not installed (the core installs without the MRI validators' torch)
         from gate.validators import extras_hint
 
-        missing = ConfigError(f"{exc.name!r} is not installed{extras_hint(_own_distribution())}")
+        hint = extras_hint(_own_distribution(), exc.name)
+        if not hint:  # not an optional stack of gate's: a broken install or a bug, kept as a crash
+            sys.exit(crash_code(exc))
+        missing = ConfigError(f"{exc.name!r} is not installed{hint}")
         fail_line(missing)
         code = int(missing.exit_code)
     except Exception as exc:  # noqa: BLE001

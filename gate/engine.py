@@ -62,8 +62,13 @@ def preflight(inputs: Inputs, plan: Plan) -> None:
     problems = []
     for i, check in enumerate(inputs.policy.model.spec.checks):
         hook = getattr(inputs.registry.get(check.validator).cls(), "preflight", None)
-        if hook is not None:
-            problems += [f"spec.checks.{i} ({check.id}): {p}" for p in hook(plan, check.params)]
+        if hook is None:
+            continue
+        try:
+            found = [str(p) for p in hook(plan, check.params)]
+        except Exception as exc:  # noqa: BLE001 - a broken hook must not let the check through unexamined
+            found = [f"its preflight failed ({type(exc).__name__}: {exc}); nothing was run"]
+        problems += [f"spec.checks.{i} ({check.id}): {p}" for p in found]
     if len(problems) == 1:
         raise InputError(f"{inputs.policy.path}: {problems[0]}")
     if problems:

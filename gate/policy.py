@@ -280,7 +280,10 @@ def anchor_paths(value: Any, base: Path) -> Any:
     if isinstance(value, BaseModel):
         return value.model_copy(update={k: anchor_paths(getattr(value, k), base) for k in type(value).model_fields})
     if isinstance(value, PurePath):
-        value = Path(value).expanduser()
+        try:
+            value = Path(value).expanduser()
+        except RuntimeError:  # ~nosuchuser: a policy error, never a crash
+            raise ConfigError(f"{value}: names a home folder that does not exist") from None
         return value if value.is_absolute() else base / value
     if isinstance(value, dict):
         return {k: anchor_paths(v, base) for k, v in value.items()}

@@ -173,7 +173,7 @@ def discover(group: str = ENTRY_POINT_GROUP) -> ValidatorRegistry:
                 raise TypeError(f"entry point '{ep.name}' loads a validator named '{cls.name}'")
         except ModuleNotFoundError as exc:
             failures[ep.name] = f"{ep.value} (from {dist}): ModuleNotFoundError: it needs {exc.name!r}, which is " \
-                                f"not installed{extras_hint(ep.dist)}"
+                                f"not installed{extras_hint(ep.dist, exc.name)}"
             continue
         except Exception as exc:  # noqa: BLE001 - any import failure is reported, never hidden
             failures[ep.name] = f"{ep.value} (from {dist}): {type(exc).__name__}: {exc}"
@@ -182,11 +182,19 @@ def discover(group: str = ENTRY_POINT_GROUP) -> ValidatorRegistry:
     return ValidatorRegistry(loaded, failures)
 
 
-def extras_hint(dist: importlib.metadata.Distribution | None) -> str:
-    """How to get a plugin's dependencies: its distribution's extras, named (the core installs light,
-    so a validator whose stack is an extra is the usual cause of a missing module)."""
-    extras = (dist.metadata.get_all("Provides-Extra") or []) if dist is not None else []
-    if not extras:
+def extras_hint(dist: importlib.metadata.Distribution | None, module: str | None) -> str:
+    """How to get a missing module: the extra of ``dist`` whose requirements provide it (the core
+    installs light, so a validator whose stack is an extra is the usual cause), or "" when no extra
+    does (then it is not a missing extra, and the caller treats it as what it is)."""
+    import re
+
+    if dist is None or not module:
         return ""
-    return f": install {dist.name} with its extras, e.g. pip install '{dist.name}[{extras[0]}]' (extras: " \
-           f"{', '.join(extras)})"
+    top = re.sub(r"[-_.]", "", module.split(".")[0].lower())
+    for requirement in dist.requires or []:
+        name, _, marker = requirement.partition(";")
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+        project = re.sub(r"[-_.]", "", re.split(r"[\s\[<>=!~;(]", name.strip(), maxsplit=1)[0].lower())
+        if extra and project.startswith(top):
+            return f": install it with pip install '{dist.name}[{extra.group(1)}]'"
+    return ""

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,7 @@ from gate.render.junit import render_junit
 from gate.render.markdown import render_summary
 from gate.render.pdf import render_pdf
 from gate.report import Report
+from gate.textsafe import one_line
 from gate.validators import Figure
 
 
@@ -80,39 +82,102 @@ def _write_figures(stage: Path, figures: dict[str, list[Figure]]) -> None:
 
 
 MAX_REPORT_BYTES = 64 * 2**20
+MAX_FIGURES = 256
+MAX_FIGURE_BYTES = 16 * 2**20
+MAX_FIGURES_TOTAL = 128 * 2**20
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """A report folder may be hostile: a regular file only (no link to a key, no FIFO, no /dev/zero),
+    read to at most ``limit`` bytes whatever its size claims."""
+    from gate.errors import InputError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc} (a report folder holds plain files)") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise InputError(f"{path}: not a plain file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{path}: over the limit of {limit} bytes")
+    return data
 
 
 def rerender(folder: Path, out_dir: Path | None = None) -> list[str]:
     """Render report.html, report.pdf, junit.xml and summary.md again from ``folder``'s report.json (and
     its figures and attestation, when present), with this gate's templates; report.json itself, which
-    an attestation signs, is never rewritten. Returns the files written."""
+    an attestation signs, is never rewritten. Everything read is bounded and checked first; anything
+    malformed is one InputError. Returns the files written."""
     from gate.errors import InputError
 
     folder, out_dir = Path(folder), Path(out_dir or folder)
     source = folder / "report.json"
+    body = _read_regular(source, MAX_REPORT_BYTES)
     try:
-        if source.stat().st_size > MAX_REPORT_BYTES:
-            raise InputError(f"{source}: {source.stat().st_size} bytes, over the limit of {MAX_REPORT_BYTES}")
-        report = Report.model_validate_json(source.read_bytes())
-    except OSError as exc:
-        raise InputError(f"{source}: cannot read the report: {exc.strerror or exc}") from None
+        report = Report.model_validate_json(body)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise InputError(f"{source}: not a gate report: {str(exc).splitlines()[0][:200]}") from None
-    figures: dict[str, list[Figure]] = {}
-    index_path = folder / FIGURES_INDEX
-    if index_path.is_file():
-        for item in json.loads(index_path.read_text(encoding="utf-8")):
-            png = folder / "figures" / Path(str(item["file"])).name  # never a path out of the folder
-            if png.is_file():
-                figures.setdefault(str(item["check"]), []).append(
-                    Figure(str(item["title"]), png.read_bytes(), str(item.get("caption", ""))))
-    envelope_path = folder / ENVELOPE_FILE
-    envelope = envelope_path.read_text(encoding="utf-8").strip() if envelope_path.is_file() else None
+        raise InputError(f"{source}: not a gate report: {one_line(str(exc).splitlines()[0], 200)}") from None
+    figures = _read_figures(folder)
+    envelope = None
+    if (folder / ENVELOPE_FILE).is_symlink() or (folder / ENVELOPE_FILE).exists():
+        text = _read_regular(folder / ENVELOPE_FILE, 1 * 2**20).decode("utf-8", "replace").strip()
+        # shown only when it speaks for this report.json: the digest it signs must be this file's
+        if _signed_report_digest(text) == hashlib.sha256(body).hexdigest():
+            envelope = text
+    try:
+        files = {"report.html": render_html(report, figures).encode(), "junit.xml": render_junit(report).encode(),
+                 "summary.md": render_summary(report).encode(), "report.pdf": render_pdf(report, envelope)}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise InputError(f"{source}: a report this gate cannot render ({type(exc).__name__}: "
+                         f"{one_line(str(exc), 200)})") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"report.html": render_html(report, figures).encode(), "junit.xml": render_junit(report).encode(),
-             "summary.md": render_summary(report).encode(), "report.pdf": render_pdf(report, envelope)}
     for name, data in files.items():
         tmp = out_dir / f".{name}.{uuid.uuid4().hex[:8]}"
         tmp.write_bytes(data)
         os.replace(tmp, out_dir / name)  # a reader sees the old file or the new one, never half of one
     return [str(out_dir / name) for name in files]
+
+
+def _read_figures(folder: Path) -> dict[str, list[Figure]]:
+    from gate.errors import InputError
+
+    index_path = folder / FIGURES_INDEX
+    if not (index_path.is_symlink() or index_path.exists()):
+        return {}
+    try:
+        index = json.loads(_read_regular(index_path, 1 * 2**20))
+        items = [(str(i["check"]), Path(str(i["file"])).name, str(i["title"]), str(i.get("caption", "")))
+                 for i in index]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{index_path}: not a figure index ({type(exc).__name__})") from None
+    if len(items) > MAX_FIGURES:
+        raise InputError(f"{index_path}: {len(items)} figures, over the limit of {MAX_FIGURES}")
+    if (folder / "figures").is_symlink():
+        raise InputError(f"{folder / 'figures'}: a link (a report folder holds plain files)")
+    figures: dict[str, list[Figure]] = {}
+    seen, total = set(), 0
+    for check, name, title, caption in items:
+        if name in seen:
+            raise InputError(f"{index_path}: lists {one_line(name, 80)} twice")
+        seen.add(name)
+        png = _read_regular(folder / "figures" / name, MAX_FIGURE_BYTES)  # never a path out of the folder
+        total += len(png)
+        if not png.startswith(PNG_MAGIC) or total > MAX_FIGURES_TOTAL:
+            raise InputError(f"{folder / 'figures' / one_line(name, 80)}: not a PNG, or the figures exceed "
+                             f"{MAX_FIGURES_TOTAL} bytes together")
+        figures.setdefault(check, []).append(Figure(title, png, caption))
+    return figures
+
+
+def _signed_report_digest(envelope: str) -> str | None:
+    """The report digest an attestation's statement names (not its signature: gate verify checks that)."""
+    import base64
+
+    try:
+        statement = json.loads(base64.b64decode(json.loads(envelope)["payload"], validate=True))
+        return str(statement["predicate"]["report_sha256"])
+    except (ValueError, KeyError, TypeError):
+        return None

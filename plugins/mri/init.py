@@ -103,14 +103,20 @@ def register(app: typer.Typer) -> None:
         if out.exists() and not force:
             raise InputError(f"{out}: exists; give --force to overwrite it")
         text, notes = fitted_policy(train, holdout, out)
+        import tempfile
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
+        # a fresh private name beside the target (its folder anchors the paths), then one rename
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        tmp = Path(name)
         try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
             load_policy(tmp, discover())  # what gate init writes always loads
+            os.chmod(tmp, 0o644)  # a policy is meant to be read and reviewed, not secret like mkstemp's 0600
+            os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
-        out.write_text(text, encoding="utf-8")
         typer.echo(f"wrote {out}")
         for note in notes:
             typer.echo(f"  - {note}")

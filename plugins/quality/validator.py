@@ -189,8 +189,9 @@ class QualityValidator:
             cache = FeatureCache(context.cache_dir) if params.cache and context.cache_dir else None
             key = _self_test_key(real, train, holdout, extractor, scorer, params, context.seed)
             found = cache.load(key) if cache is not None else None
-            if found is not None and found.status == "hit":
-                rho, with_ventricles, undefined_clean = _self_test_from_arrays(found.arrays)
+            cached = _self_test_from_arrays(found.arrays) if found is not None and found.status == "hit" else None
+            if cached is not None:
+                rho, with_ventricles, undefined_clean = cached
             else:
                 steps = 1 + sum(len(p.levels) for p in PERTURBATIONS.values()) + 2 * len(SET_LEVELS)
                 rho, with_ventricles, undefined_clean = self._self_test(
@@ -282,11 +283,21 @@ def _self_test_key(real: ImageSet, train: ImageSet, holdout: ImageSet | None, ex
                    params: QualityParams, seed: int) -> str:
     """Everything the self-test's result depends on: the real sets' content, the feature space, the
     pyiqa weights, the parameters and the seed (never the candidate)."""
-    return cache_key(kind="quality-self-test", format=SELF_TEST_FORMAT, real=real.manifest_sha256(),
+    return cache_key(kind="quality-self-test", format=SELF_TEST_FORMAT, code=_plugin_version(), real=real.manifest_sha256(),
                      train=train.manifest_sha256(), holdout=holdout.manifest_sha256() if holdout is not None else None,
                      extractor=extractor.name, weights=extractor.weights_sha256(),
                      scorer=scorer.provenance() if scorer is not None else None,
                      params=params.model_dump(mode="json"), seed=seed)
+
+
+def _plugin_version() -> str:
+    """The installed plugins' version: a release that changes the measures never reads older results."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.distribution("gate-mri").version
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _self_test_arrays(rho: dict[str, dict[str, float]], with_ventricles: int, undefined: list[str]) -> dict:
@@ -296,10 +307,17 @@ def _self_test_arrays(rho: dict[str, dict[str, float]], with_ventricles: int, un
             "with_ventricles": np.array([with_ventricles]), "undefined": np.array(undefined, dtype=str)}
 
 
-def _self_test_from_arrays(a: dict) -> tuple[dict[str, dict[str, float]], int, list[str]]:
-    perts = [str(p) for p in a["perturbations"]]
-    rho = {str(m): {p: float(v) for p, v in zip(perts, row)} for m, row in zip(a["metrics"], a["rho"])}
-    return rho, int(a["with_ventricles"][0]), [str(m) for m in a["undefined"]]
+def _self_test_from_arrays(a: dict) -> tuple[dict[str, dict[str, float]], int, list[str]] | None:
+    """The cached result, or None (recompute) when an authentic entry is not a whole one."""
+    try:
+        perts, metrics = [str(p) for p in a["perturbations"]], [str(m) for m in a["metrics"]]
+        values = np.asarray(a["rho"], dtype=float)
+        if values.shape != (len(metrics), len(perts)) or not perts or not np.isfinite(values).all():
+            return None
+        rho = {m: {p: float(v) for p, v in zip(perts, row)} for m, row in zip(metrics, values)}
+        return rho, int(a["with_ventricles"][0]), [str(m) for m in a["undefined"]]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def _blind_statement(d: dict) -> str:
