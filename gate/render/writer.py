@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from gate.engine import Outcome
+from gate.errors import InputError
 from gate.render.csvsafe import neutralise_formulas
 from gate.render.html import render_html
 from gate.render.junit import render_junit
@@ -91,8 +92,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _read_regular(path: Path, limit: int) -> bytes:
     """A report folder may be hostile: a regular file only (no link to a key, no FIFO, no /dev/zero),
     read to at most ``limit`` bytes whatever its size claims."""
-    from gate.errors import InputError
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
@@ -111,8 +110,6 @@ def rerender(folder: Path, out_dir: Path | None = None) -> list[str]:
     its figures and attestation, when present), with this gate's templates; report.json itself, which
     an attestation signs, is never rewritten. Everything read is bounded and checked first; anything
     malformed is one InputError. Returns the files written."""
-    from gate.errors import InputError
-
     folder, out_dir = Path(folder), Path(out_dir or folder)
     source = folder / "report.json"
     body = _read_regular(source, MAX_REPORT_BYTES)
@@ -142,8 +139,6 @@ def rerender(folder: Path, out_dir: Path | None = None) -> list[str]:
 
 
 def _read_figures(folder: Path) -> dict[str, list[Figure]]:
-    from gate.errors import InputError
-
     index_path = folder / FIGURES_INDEX
     if not (index_path.is_symlink() or index_path.exists()):
         return {}

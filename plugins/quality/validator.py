@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
+import gate
 from gate.errors import InputError
 from gate.featurecache import FeatureCache, cache_key
 from gate.imageset import ImageSet
@@ -283,21 +284,11 @@ def _self_test_key(real: ImageSet, train: ImageSet, holdout: ImageSet | None, ex
                    params: QualityParams, seed: int) -> str:
     """Everything the self-test's result depends on: the real sets' content, the feature space, the
     pyiqa weights, the parameters and the seed (never the candidate)."""
-    return cache_key(kind="quality-self-test", format=SELF_TEST_FORMAT, code=_plugin_version(), real=real.manifest_sha256(),
+    return cache_key(kind="quality-self-test", format=SELF_TEST_FORMAT, code=gate.__version__, real=real.manifest_sha256(),
                      train=train.manifest_sha256(), holdout=holdout.manifest_sha256() if holdout is not None else None,
                      extractor=extractor.name, weights=extractor.weights_sha256(),
                      scorer=scorer.provenance() if scorer is not None else None,
                      params=params.model_dump(mode="json"), seed=seed)
-
-
-def _plugin_version() -> str:
-    """The installed plugins' version: a release that changes the measures never reads older results."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.distribution("gate-mri").version
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _self_test_arrays(rho: dict[str, dict[str, float]], with_ventricles: int, undefined: list[str]) -> dict:
