@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from gate import __version__
-from gate.imageio import check_same_size, read_image_folder
+from gate.imageio import check_same_size, read_folder
 from gate.imageset import ImageSet
 from gate.policy import LoadedPolicy, load_policy
 from gate.provenance import library_versions, now
@@ -49,11 +49,22 @@ def load_inputs(policy_path: Path, train: Path | None = None, holdout: Path | No
     # relative to the working directory
     train_dir = Path(train) if train else data.train
     holdout_dir = Path(holdout) if holdout else data.holdout
-    train_set = read_image_folder(train_dir, "train")
-    holdout_set = read_image_folder(holdout_dir, "holdout") if holdout_dir else None
+    pre = data.preprocess
+    train_set = read_folder(train_dir, "train", pre)
+    holdout_set = read_folder(holdout_dir, "holdout", pre, grid_of(train_set)) if holdout_dir else None
     if holdout_set is not None:
         check_same_size(train_set, holdout_set)
     return Inputs(policy, registry, train_set, holdout_set, train_dir, holdout_dir)
+
+
+def grid_of(train: ImageSet) -> tuple[int, int]:
+    """The grid every later set is read onto: the train set's, whatever ``preprocess.size`` chose."""
+    return tuple(train.shape)  # type: ignore[return-value]
+
+
+def read_candidate_folder(inputs: Inputs, folder: Path) -> ImageSet:
+    """A --samples folder, read as the policy reads its data and onto the train grid."""
+    return read_folder(folder, "candidate", inputs.policy.model.spec.data.preprocess, grid_of(inputs.train))
 
 
 def preflight(inputs: Inputs, plan: Plan) -> None:
@@ -86,7 +97,8 @@ class Outcome:
 
 def _manifest(s: ImageSet, folder: Path | None) -> DataManifest:
     return DataManifest(name=s.name, folder=str(folder) if folder else None, n_images=len(s), shape=list(s.shape),
-                        sha256=s.manifest_sha256(), files=[{"path": e.path, "sha256": e.sha256} for e in s.manifest])
+                        sha256=s.manifest_sha256(), files=[{"path": e.path, "sha256": e.sha256} for e in s.manifest],
+                        preprocessing=s.preprocessing)
 
 
 def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dict | None = None,

@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from gate.imageset import ImageSet, ManifestEntry
 from gate.textsafe import one_line
 
 SUFFIXES = (".npy", ".png", ".nii", ".nii.gz")
+#: read only by an image-reader plugin (spec.data.preprocess): DICOM files, and sub-folders of them (a series)
+READER_SUFFIXES = (".dcm",)
+READER_GROUP = "gate.readers"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +88,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], int]:
     return tuple(int(n) for n in shape), dtype.itemsize
 
 
-def _nifti_header(path: Path, limits: ReadLimits) -> tuple[tuple[int, ...], int]:
+def nifti_header(path: Path, limits: ReadLimits) -> tuple[tuple[int, ...], int]:
     """Shape and item size from the fixed part of a NIfTI-1/2 header: a few hundred bytes, read (and, for
     .nii.gz, decompressed) alone, before nibabel reads the extensions up to the data offset it declares."""
     import nibabel as nib
@@ -135,7 +139,7 @@ def _dims(shape: tuple[int, ...]) -> str:
     return "(" + "x".join(map(str, shape)) + ")"
 
 
-def _read_one(path: Path, raw: bool = False, limits: ReadLimits = DEFAULT_LIMITS,
+def read_array(path: Path, raw: bool = False, limits: ReadLimits = DEFAULT_LIMITS,
               spent: int = 0) -> tuple[np.ndarray, int]:
     """The file's array, as float32 (PNG scaled to [0, 1]) or, with ``raw``, as stored (label maps), and its
     decoded size in bytes; every limit is checked from the file's size and header first (``spent``: see
@@ -168,7 +172,7 @@ def _read_one(path: Path, raw: bool = False, limits: ReadLimits = DEFAULT_LIMITS
         else:
             import nibabel as nib
 
-            decoded = check_declared(path, *_nifti_header(path, limits), limits, spent)
+            decoded = check_declared(path, *nifti_header(path, limits), limits, spent)
             arr = np.asarray(nib.load(str(path)).dataobj)
             arr = np.squeeze(arr) if arr.ndim > 3 else arr
     except InputError:
@@ -180,18 +184,37 @@ def _read_one(path: Path, raw: bool = False, limits: ReadLimits = DEFAULT_LIMITS
     return (arr if raw else arr.astype(np.float32, copy=False)), decoded
 
 
-def _list_images(folder: Path, name: str, limits: ReadLimits) -> list[Path]:
-    """The supported files directly in ``folder``, sorted by name; the listing stops past the limit."""
-    files = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_file() and _suffix(Path(entry.name)) in SUFFIXES:
-                files.append(Path(entry.path))
-                if len(files) > limits.max_files:
-                    raise LimitExceeded(f"{one_line(folder)}: {name} folder holds more than {limits.max_files} "
-                                        "image files, the limit")
-    return sorted(files)
+def list_entries(folder: Path, name: str, limits: ReadLimits, extra: tuple[str, ...] = ()) -> list[Path]:
+    """Every entry directly in ``folder``, sorted by name: each must be a file of a supported suffix
+    (:data:`SUFFIXES`, and ``extra`` for a reader plugin's own) or, with ``extra``, a sub-folder (a DICOM
+    series). Anything else is an error naming it, never skipped: a file left out silently is a set that
+    is not what its manifest claims. The listing stops past the limit."""
+    entries, unknown = [], []
+    with os.scandir(folder) as found:
+        for entry in found:
+            path = Path(entry.path)
+            if entry.is_file() and _suffix(path) in SUFFIXES + extra:
+                entries.append(path)
+            elif entry.is_dir() and extra:
+                entries.append(path)
+            else:
+                unknown.append(path)
+            if len(entries) > limits.max_files:
+                raise LimitExceeded(f"{one_line(folder)}: {name} folder holds more than {limits.max_files} "
+                                    "image files, the limit")
+    if unknown:
+        first = sorted(unknown)[0]
+        what = "a folder" if first.is_dir() else "a DICOM file" if _suffix(first) in READER_SUFFIXES else \
+            "not an image file"
+        hint = " (DICOM and series folders are read with spec.data.preprocess)" if what != "not an image file" \
+            and not extra else ""
+        raise InputError(f"{one_line(first)}: {what} in the {name} folder{hint}; it holds {len(unknown)} such "
+                         f"entr{'y' if len(unknown) == 1 else 'ies'} (supported: {', '.join(SUFFIXES + extra)})")
+    return sorted(entries)
 
+
+def _list_images(folder: Path, name: str, limits: ReadLimits) -> list[Path]:
+    return list_entries(folder, name, limits)
 
 
 def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> ImageSet:
@@ -214,7 +237,7 @@ def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAUL
     manifest: list[ManifestEntry] = []
     spent = 0
     for path in files:
-        arr, decoded = _read_one(path, limits=limits, spent=spent)
+        arr, decoded = read_array(path, limits=limits, spent=spent)
         spent += decoded
         if arr.ndim == 3 and _suffix(path) in (".nii", ".nii.gz"):
             slices = [(f"{path.name}#{z}", arr[..., z]) for z in range(arr.shape[-1])]
@@ -239,6 +262,42 @@ def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAUL
     return ImageSet(name=name, ids=tuple(ids), images=np.stack(images), manifest=tuple(manifest))
 
 
+def read_folder(folder: Path | str, name: str, preprocess: Any = None, grid: tuple[int, int] | None = None,
+                limits: ReadLimits = DEFAULT_LIMITS) -> ImageSet:
+    """A data folder as the policy says to read it: as it is (``preprocess`` None, :func:`read_image_folder`)
+    or, with a ``spec.data.preprocess``, through the installed image-reader plugin, onto ``grid`` (the train
+    set's [H, W], for every set after the train set)."""
+    if preprocess is None:
+        return read_image_folder(folder, name, limits)
+    return image_reader().read(Path(folder), name, preprocess, grid, limits)
+
+
+def image_reader() -> Any:
+    """The one plugin of the ``gate.readers`` group (gate-mri's MONAI reader); a missing one, or one whose
+    imaging stack is not installed, is a configuration error that says what to install."""
+    import importlib.metadata
+
+    from gate.errors import ConfigError
+    from gate.validators import extras_hint
+
+    found = list(importlib.metadata.entry_points(group=READER_GROUP))
+    if not found:
+        raise ConfigError("spec.data.preprocess needs an image-reader plugin (the 'gate.readers' entry-point "
+                          "group is empty): pip install 'gate-mri[mri]'")
+    if len(found) > 1:
+        raise ConfigError(f"more than one image-reader plugin is installed ({', '.join(sorted(e.name for e in found))}); "
+                          "keep one")
+    ep = found[0]
+    try:
+        return ep.load()()
+    except ModuleNotFoundError as exc:
+        hint = extras_hint(ep.dist, exc.name)
+        if not hint:
+            raise
+        raise ConfigError(f"spec.data.preprocess: the image reader {ep.value} needs {exc.name!r}, which is not "
+                          f"installed{hint}") from None
+
+
 def _with_labels(images: ImageSet, folder: Path, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> ImageSet:
     """Attach the label maps in ``folder`` (same file names as the images) to ``images``."""
     by_name = {p.name: p for p in _list_images(folder, f"{name} labels", limits)}
@@ -257,7 +316,7 @@ def _with_labels(images: ImageSet, folder: Path, name: str, limits: ReadLimits =
     spent = 0
     for img_path in image_files:
         path = by_name[img_path.name]
-        arr, decoded = _read_one(path, raw=True, limits=limits, spent=spent)
+        arr, decoded = read_array(path, raw=True, limits=limits, spent=spent)
         spent += decoded
         arr = np.squeeze(arr) if arr.ndim > 3 else arr
         slices = [arr[..., z] for z in range(arr.shape[-1])] if arr.ndim == 3 else [arr]

@@ -32,6 +32,8 @@ class ImageSet:
     images: np.ndarray
     manifest: tuple[ManifestEntry, ...] = ()
     labels: np.ndarray | None = None
+    #: what reading did to the files (spec.data.preprocess: grid, slices dropped, files padded): provenance
+    preprocessing: dict | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 3 or len(self.ids) != len(self.images):

@@ -54,9 +54,36 @@ class CandidateSpec(Strict):
                                description="the most array data the generator may return, all batches together, MiB")
 
 
+class Preprocess(Strict):
+    """How files become 2D samples on one grid. Absent: every file is taken as it is (2D images, NIfTI
+    volumes split along their stored last axis) and all must share one size. Present: an image-reader
+    plugin (gate-mri's, through MONAI) reads them as described here."""
+
+    axis: Literal["axial", "coronal", "sagittal"] = Field(
+        "axial", description="volumes are reoriented to RAS and sliced across this axis")
+    spacing: float | None = Field(None, gt=0, le=100, allow_inf_nan=False,
+                                  description="volumes are resampled to this isotropic spacing in mm first (null: "
+                                              "each keeps its own); 2D files carry no spacing and are kept")
+    size: tuple[int, int] | Literal["train"] | None = Field(
+        "train", description="[H, W] every slice is padded or cropped to (centred, at its spacing); train: the "
+                             "train set's largest slice; null: no padding, all slices must have one size")
+    drop_empty: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False,
+                              description="a volume's slices whose foreground (over 10 % of the volume's 99.5th "
+                                          "percentile) is under this fraction are dropped, counted and named "
+                                          "(0: none); 2D files are never dropped")
+
+    @model_validator(mode="after")
+    def _sane_size(self):
+        if isinstance(self.size, tuple) and not all(8 <= n <= 8192 for n in self.size):
+            raise ValueError("size must be [H, W] with each between 8 and 8192")
+        return self
+
+
 class DataSpec(Strict):
     train: Path = Field(description="Folder of the generator's training images (memorization reference)")
     holdout: Path | None = Field(None, description="Folder of real images the generator never saw")
+    preprocess: Preprocess | None = Field(None, description="read volumes and DICOM through MONAI onto one grid "
+                                                             "(see Preprocess); absent: files as they are")
     allow_overrides: bool = Field(False, description="let --train/--holdout replace these folders in a signed "
                                                      "validation (they are recorded in the attestation either way)")
 

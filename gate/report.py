@@ -44,6 +44,7 @@ class DataManifest(BaseModel):
     shape: list[int]
     sha256: str
     files: list[dict[str, str]]
+    preprocessing: dict[str, Any] | None = None
 
 
 class Provenance(BaseModel):

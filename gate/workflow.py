@@ -10,10 +10,10 @@ from typing import Callable
 
 import numpy as np
 
-from gate.engine import Inputs, load_inputs, preflight, run
+from gate.engine import Inputs, load_inputs, preflight, read_candidate_folder, run
 from gate.errors import ConfigError, ExitCode, InputError, ValidatorError
 from gate.generator import assemble_samples
-from gate.imageio import check_same_size, read_image_folder
+from gate.imageio import check_same_size
 from gate.imageset import ImageSet
 from gate.registry import ModelRef, check_reachable, resolve_model, resolve_tracking_uri
 from gate.render.writer import write_reports
@@ -114,7 +114,7 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
 
             FeatureCache(CACHE_DIR).rotate_key()
     else:
-        candidate = read_image_folder(req.samples, "candidate")
+        candidate = read_candidate_folder(inputs, req.samples)
         check_same_size(inputs.train, candidate)  # the core's own line, before any check's
         preflight(inputs, Plan(inputs.train, inputs.holdout, len(candidate), candidate.labels is not None,
                                candidate.shape))

@@ -40,7 +40,7 @@ def test_unlabelled_data_gets_no_segmentation_check_and_a_policy_that_loads_from
     assert again.exit_code == 2 and "exists" in again.output
 
 
-def test_labelled_data_keeps_segmentation_and_non_square_images_turn_dihedral_matching_off(tmp_path, mri_labelled):
+def test_labelled_data_keeps_segmentation_and_non_square_images_keep_dihedral_matching(tmp_path, mri_labelled):
     tr_i, tr_l, te_i, te_l = mri_labelled
     write_slices(tmp_path / "train", tr_i, [f"s{i // 12}_{i:03d}" for i in range(len(tr_i))], tr_l)
     write_slices(tmp_path / "holdout", te_i, [f"h{i // 8}_{i:03d}" for i in range(len(te_i))], te_l)
@@ -54,6 +54,6 @@ def test_labelled_data_keeps_segmentation_and_non_square_images_turn_dihedral_ma
                  [f"w{i}" for i in range(6)], None)
     res = _init("--train", tmp_path / "wide", "--out", tmp_path / "wide.yaml")
     assert res.exit_code == 0, res.output
-    assert "dihedral matching (flips, 90-degree turns) is off" in res.output and "no holdout" in res.output
+    assert "runs on a square canvas" in res.output and "no holdout" in res.output
     spec = load_policy(tmp_path / "wide.yaml", discover()).model.spec
-    assert spec.checks[0].params.invariance == "none" and spec.data.holdout is None
+    assert spec.checks[0].params.invariance == "dihedral" and spec.data.holdout is None

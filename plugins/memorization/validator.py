@@ -4,6 +4,7 @@ transformations a copying generator can apply, with conformal p-values and Benja
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -14,12 +15,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gate.errors import InputError
+from gate.imageset import ImageSet
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
 from gate_plugins.memorization import baselines, figures, maths
 from gate_plugins.memorization.detector import Detector
 from gate_plugins.memorization.extractors import build_extractor
 from gate_plugins.memorization.grouping import subjects_of
-from gate_plugins.memorization.transforms import apply, transform_set
+from gate_plugins.memorization.transforms import apply, pad_to_square, transform_set
 from gate_plugins.memorization.volumes import copied_volumes
 
 
@@ -88,6 +90,14 @@ class MemorizationParams(BaseModel):
         return v
 
 
+def _on_square_canvas(images: ImageSet | None) -> ImageSet | None:
+    """The set padded to a square canvas for dihedral matching (labels alike; ids and files unchanged)."""
+    if images is None:
+        return None
+    labels = None if images.labels is None else pad_to_square(images.labels)
+    return dataclasses.replace(images, images=pad_to_square(images.images), labels=labels)
+
+
 def _uses_holdout(params: MemorizationParams, holdout) -> bool:
     """The null comes from the holdout with calibration: holdout, or auto when there is one."""
     return holdout is not None and params.calibration in ("holdout", "auto")
@@ -138,9 +148,6 @@ class MemorizationValidator:
             problems.append(f"{train.name}: the memorization null needs at least 4 train images, got {len(train)}")
         if plan.candidate_shape is not None and tuple(plan.candidate_shape) != tuple(train.shape):
             problems.append(f"candidate images are {tuple(plan.candidate_shape)} but train images are {train.shape}")
-        if params.invariance != "none" and train.shape[0] != train.shape[1]:
-            problems.append(f"invariance '{params.invariance}' needs square images, got {train.shape}; use "
-                            "invariance: none")
         if params.calibration == "holdout" and holdout is None:
             problems.append("calibration: holdout needs a data.holdout folder in the policy")
         if _uses_holdout(params, holdout) and params.verify_k and params.verify_contrast:
@@ -161,6 +168,10 @@ class MemorizationValidator:
             if not np.isfinite(imgs).all():
                 raise InputError(f"{label} images contain non-finite values")
         use_holdout = _uses_holdout(params, holdout)
+        train_digest = train.manifest_sha256()
+        if params.invariance != "none" and train.shape[0] != train.shape[1]:
+            train, cand, holdout = (_on_square_canvas(s) for s in (train, cand, holdout))
+            train_digest = hashlib.sha256(f"{train_digest}|square canvas {train.shape}".encode()).hexdigest()
 
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
@@ -169,7 +180,7 @@ class MemorizationValidator:
         groups = subjects_of(holdout.ids, params.subject_pattern) if use_holdout else None
         tick = context.progress(f"memorization: {extractor.name} reference",
                                 detector.fit_work(len(train), len(holdout) if use_holdout else 0))
-        detector.fit(train.images, digest=train.manifest_sha256(), calibration=holdout.images if use_holdout else None,
+        detector.fit(train.images, digest=train_digest, calibration=holdout.images if use_holdout else None,
                      calibration_groups=groups, progress=tick)
         cand_layers = detector.features(cand.images, context.progress("memorization: candidates", len(cand)))
         index = detector.index_

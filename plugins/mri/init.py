@@ -27,17 +27,20 @@ def fitted_policy(train: Path, holdout: Path | None, out: Path) -> tuple[str, li
     """The policy's text and the notes printed beside it (what was left out and why, the estimate)."""
     from ruamel.yaml import YAML
 
-    from gate.imageio import read_image_folder
+    from gate.imageio import read_folder
+    from gate.policy import Preprocess
     from gate_plugins.memorization.grouping import subjects_of
 
-    train_set = read_image_folder(train, "train")
-    holdout_set = read_image_folder(holdout, "holdout") if holdout else None
     yaml = YAML(typ="rt")
     yaml.width = 4096  # comments and values stay on their lines
     yaml.indent(mapping=2, sequence=4, offset=2)  # the shipped default's layout
     with default_policy() as shipped:
         doc = yaml.load(shipped.read_text(encoding="utf-8"))
     spec = doc["spec"]
+    # read as the written policy will read it: volumes sliced, resampled and put on one grid
+    preprocess = Preprocess(**dict(spec["data"]["preprocess"]))
+    train_set = read_folder(train, "train", preprocess)
+    holdout_set = read_folder(holdout, "holdout", preprocess, tuple(train_set.shape)) if holdout else None
     doc["metadata"]["name"] = out.stem
     doc["metadata"]["description"] = f"Fitted by gate init to {train.name}/ and {holdout.name if holdout else 'no holdout'}/."
     spec["data"]["train"] = os.path.relpath(train.resolve(), out.resolve().parent)
@@ -52,10 +55,13 @@ def fitted_policy(train: Path, holdout: Path | None, out: Path) -> tuple[str, li
     memorization = next(c for c in checks if c["validator"] == "memorization")
     params = memorization["params"]
     height, width = train_set.shape
+    done = train_set.preprocessing or {}
+    notes.append(f"train: {len(train_set)} slices of {height}x{width} from {done.get('files', '?')} files"
+                 + (f" ({done['volumes']} volumes resampled to {preprocess.spacing} mm, sliced {preprocess.axis}; "
+                    f"{done['slices_dropped']} near-empty slices dropped)" if done.get("volumes") else ""))
     if height != width:
-        params["invariance"] = "none"
-        params.yaml_add_eol_comment(f"images are {height}x{width}: dihedral matching needs square ones", "invariance")
-        notes.append(f"images are {height}x{width}: dihedral matching (flips, 90-degree turns) is off")
+        notes.append(f"images are {height}x{width}: dihedral matching (flips, 90-degree turns) runs on a square "
+                     "canvas they are padded to")
     if holdout_set is None:
         params["power"] = None
         params["verify_contrast"] = False
