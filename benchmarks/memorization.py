@@ -20,7 +20,7 @@ import time
 from gate_plugins.memorization.benchmark import render_tables, run_benchmark
 from gate_plugins.memorization.contamination import CONDITIONS, EXTRA_CONDITIONS
 from gate_plugins.memorization.detector import Detector
-from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.toolkit.extractors import build_extractor
 from gate_plugins.mri.subjects import subject_slices
 
 

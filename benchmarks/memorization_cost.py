@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from gate_plugins.memorization.detector import Detector
-from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.toolkit.extractors import build_extractor
 from gate_plugins.mri.subjects import subject_slices
 
 PER_SUBJECT = 25

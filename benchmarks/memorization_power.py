@@ -30,7 +30,7 @@ import numpy as np
 from gate_plugins.memorization import maths
 from gate_plugins.memorization.contamination import CONDITIONS
 from gate_plugins.memorization.detector import Detector
-from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.toolkit.extractors import build_extractor
 from gate_plugins.memorization.transforms import apply, transform_set
 from gate_plugins.memorization.verification import verify_pairs
 from gate_plugins.mri.subjects import subject_slices

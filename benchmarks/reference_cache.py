@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from gate_plugins.memorization.detector import Detector
-from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.toolkit.extractors import build_extractor
 from gate_plugins.mri.subjects import subject_slices
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gate_plugins.memorization import baselines
+from gate_plugins.toolkit import baselines
 
 
 @pytest.fixture

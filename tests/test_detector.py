@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gate_plugins.memorization.detector import Detector
-from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.toolkit.extractors import build_extractor
 from gate_plugins.memorization.transforms import apply, transform_set
 
 

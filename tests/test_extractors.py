@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gate.errors import ConfigError
-from gate_plugins.memorization.extractors import (
+from gate_plugins.toolkit.extractors import (
     EfficientNetLite0Extractor, MriCoreExtractor, ScatteringExtractor, build_extractor, preprocess)
 
 

@@ -74,7 +74,7 @@ def load_data():
 
 def fit_detector(train: np.ndarray, holdout: np.ndarray, holdout_subjects=None, **settings):
     from gate_plugins.memorization.detector import Detector
-    from gate_plugins.memorization.extractors import build_extractor
+    from gate_plugins.toolkit.extractors import build_extractor
 
     return Detector(build_extractor("efficientnet-lite0", None, 2.0), **settings).fit(
         train, calibration=holdout, calibration_groups=holdout_subjects)

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         from gate.cli import fail
         from gate.errors import GateError
         from gate.imageio import read_image_folder
-        from gate_plugins.quality.bench import sensitivity_table
+        from gate_plugins.quality import sensitivity_table
 
         try:
             images = read_image_folder(data, "data").images
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         from gate_plugins.memorization.benchmark import render_tables, run_benchmark
         from gate_plugins.memorization.contamination import CONDITIONS, EXTRA_CONDITIONS
         from gate_plugins.memorization.detector import Detector
-        from gate_plugins.memorization.extractors import build_extractor
+        from gate_plugins.toolkit.extractors import build_extractor
         from gate_plugins.memorization.grouping import subjects_of
 
         try:

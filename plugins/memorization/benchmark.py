@@ -70,7 +70,7 @@ def run_benchmark(train: np.ndarray, test: np.ndarray, variants: dict[str, Detec
     """``test`` holds real images of subjects absent from ``train``; ``calibration`` (optional) real
     images of yet other subjects, used as the holdout null by variants whose detector is fitted with it,
     and ``calibration_groups`` their subjects."""
-    from gate_plugins.memorization import baselines
+    from gate_plugins.toolkit import baselines
 
     rows: list[BenchRow] = []
     stats: dict[str, VariantStats] = {}

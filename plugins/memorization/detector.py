@@ -12,7 +12,7 @@ import numpy as np
 from gate.imageset import content_digest
 from gate.featurecache import FeatureCache, cache_key
 from gate_plugins.memorization import maths
-from gate_plugins.memorization.extractors import FeatureExtractor
+from gate_plugins.toolkit.extractors import FeatureExtractor
 from gate_plugins.memorization.transforms import Invariance, apply, misalign, transform_set
 from gate_plugins.memorization.verification import VerifySettings, verify_pairs
 

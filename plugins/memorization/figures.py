@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
+from gate_plugins.toolkit.figures import png as _png
 
 
 def histograms(mi: np.ndarray, null_mi: np.ndarray, paper_null_mi: np.ndarray, calibration: str) -> bytes:

@@ -23,21 +23,12 @@ def _dihedral() -> list[tuple[str, Transform]]:
 
 def transform_set(invariance: Invariance) -> list[tuple[str, Transform]]:
     """The identity comes first: row ``t * N + i`` of a reference index is train image ``i`` under
-    transform ``t``. ``dihedral`` is the 8 flips and 90-degree rotations (square images: see :func:`pad_to_square`)."""
+    transform ``t``. ``dihedral`` is the 8 flips and 90-degree rotations (square images: see gate_plugins.toolkit.canvas)."""
     if invariance == "none":
         return [("identity", lambda x: x)]
     if invariance == "dihedral":
         return _dihedral()
     raise ValueError(f"unknown invariance {invariance!r}")
-
-
-def pad_to_square(images: np.ndarray) -> np.ndarray:
-    """[n, H, W] centred on a zero (background) canvas of side max(H, W): a 90-degree rotation of a non-square
-    image is only defined on a square canvas, so every set is matched there (the image scale is untouched)."""
-    h, w = images.shape[1:]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    return np.pad(images, ((0, 0), (top, side - h - top), (left, side - w - left)))
 
 
 def apply(images: np.ndarray, transform: Transform) -> np.ndarray:

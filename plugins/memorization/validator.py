@@ -4,7 +4,6 @@ transformations a copying generator can apply, with conformal p-values and Benja
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import re
 from pathlib import Path
@@ -15,13 +14,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gate.errors import InputError
-from gate.imageset import ImageSet
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
-from gate_plugins.memorization import baselines, figures, maths
+from gate_plugins.memorization import figures, maths
 from gate_plugins.memorization.detector import Detector
-from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.toolkit.extractors import build_extractor
 from gate_plugins.memorization.grouping import subjects_of
-from gate_plugins.memorization.transforms import apply, pad_to_square, transform_set
+from gate_plugins.memorization.transforms import apply, transform_set
+from gate_plugins.toolkit import baselines
+from gate_plugins.toolkit.canvas import canvas_digest, on_square_canvas
 from gate_plugins.memorization.volumes import copied_volumes
 
 
@@ -88,14 +88,6 @@ class MemorizationParams(BaseModel):
         except re.error as e:
             raise ValueError(f"not a regular expression ({e.msg})") from None
         return v
-
-
-def _on_square_canvas(images: ImageSet | None) -> ImageSet | None:
-    """The set padded to a square canvas for dihedral matching (labels alike; ids and files unchanged)."""
-    if images is None:
-        return None
-    labels = None if images.labels is None else pad_to_square(images.labels)
-    return dataclasses.replace(images, images=pad_to_square(images.images), labels=labels)
 
 
 def _uses_holdout(params: MemorizationParams, holdout) -> bool:
@@ -169,9 +161,9 @@ class MemorizationValidator:
                 raise InputError(f"{label} images contain non-finite values")
         use_holdout = _uses_holdout(params, holdout)
         train_digest = train.manifest_sha256()
-        if params.invariance != "none" and train.shape[0] != train.shape[1]:
-            train, cand, holdout = (_on_square_canvas(s) for s in (train, cand, holdout))
-            train_digest = hashlib.sha256(f"{train_digest}|square canvas {train.shape}".encode()).hexdigest()
+        if params.invariance != "none":  # a non-square set is matched on a square canvas (toolkit.canvas)
+            train_digest = canvas_digest(train)
+            train, cand, holdout = (on_square_canvas(s) for s in (train, cand, holdout))
 
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,

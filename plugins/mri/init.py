@@ -29,7 +29,7 @@ def fitted_policy(train: Path, holdout: Path | None, out: Path) -> tuple[str, li
 
     from gate.imageio import read_folder
     from gate.policy import Preprocess
-    from gate_plugins.memorization.grouping import subjects_of
+    from gate_plugins.memorization import subjects_of
 
     yaml = YAML(typ="rt")
     yaml.width = 4096  # comments and values stay on their lines

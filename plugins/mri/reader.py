@@ -136,7 +136,8 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
                  label: bool = False) -> tuple[np.ndarray, str, tuple[float, ...]]:
     """The volume on RAS axes at the policy's spacing, [X, Y, Z] float32 (labels: nearest, integers), with
     the orientation and spacing it was stored in. Bounded from its header before a voxel is decoded."""
-    from monai.transforms import LoadImage, Orientation, Spacing
+    from monai.data import MetaTensor
+    from monai.transforms import EnsureChannelFirst, Orientation, Spacing
 
     try:
         if kind == "nifti":
@@ -156,7 +157,10 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
             reader = PydicomReader(fname_regex=r".*\.dcm$" if path.is_dir() else "")
         import nibabel as nib
 
-        image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)(str(path))
+        # the reader itself, not LoadImage: LoadImage builds every reader MONAI has, and the GPU DICOM one
+        # warns on a machine without nvImageCodec at every call
+        data, meta = reader.get_data(reader.read(str(path)))
+        image = EnsureChannelFirst()(MetaTensor(np.asarray(data, dtype=np.float32), meta=meta))
         if image.ndim != 4 or image.shape[0] != 1:
             raise InputError(f"{one_line(path)}: expected one 3D volume, got {tuple(image.shape)} (channels first)")
         axcodes = "".join(nib.aff2axcodes(np.asarray(image.affine, dtype=np.float64)))

@@ -46,7 +46,7 @@ def distribution_figure(candidate: pd.DataFrame, real: pd.DataFrame, train: pd.D
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gate_plugins.memorization.figures import _png
+    from gate_plugins.toolkit.figures import png as _png
 
     metrics = list(summary)
     cols = 4

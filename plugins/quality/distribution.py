@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gate_plugins.memorization.baselines import frechet_distance, kid, mmd_rbf, sq_dists
+from gate_plugins.toolkit.baselines import frechet_distance, kid, mmd_rbf, sq_dists
 
 
 def _kth_radius(x: np.ndarray, k: int) -> np.ndarray:

@@ -18,8 +18,9 @@ from gate.errors import InputError
 from gate.featurecache import FeatureCache, cache_key
 from gate.imageset import ImageSet
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
-from gate_plugins.memorization.detector import Detector
-from gate_plugins.memorization.extractors import build_extractor
+from gate_plugins.memorization import Detector
+from gate_plugins.toolkit.canvas import canvas_digest, on_square_canvas
+from gate_plugins.toolkit.extractors import build_extractor
 from gate_plugins.quality import iqms
 from gate_plugins.quality.comparison import compare, distribution_figure
 from gate_plugins.quality.distribution import distribution_metrics
@@ -163,11 +164,12 @@ class QualityValidator:
         extractor = build_extractor(params.extractor, None, params.prefilter_sigma)
         detector = Detector(extractor, "dihedral", cache_dir=context.cache_dir if params.cache else None,
                             batch_size=context.batch_size)
-        reference, _, cache_hit = detector.reference_features(train.images, train.manifest_sha256())
+        # the memorization check's reference features (shared cache): on its square canvas when non-square
+        reference, _, cache_hit = detector.reference_features(on_square_canvas(train).images, canvas_digest(train))
         embed = lambda layers: np.concatenate(layers, axis=1)  # noqa: E731 - raw pooled features, side by side
         f_train = embed([r[: len(train)] for r in reference])
-        f_hold = embed(detector.features(holdout.images)) if holdout is not None else None
-        f_cand = embed(detector.features(cand.images))
+        f_hold = embed(detector.features(on_square_canvas(holdout).images)) if holdout is not None else None
+        f_cand = embed(detector.features(on_square_canvas(cand).images))
         set_scalars = distribution_metrics(f_train, f_hold, f_cand) if len(cand) > 2 else {}
         # every declared set-level metric is present; NaN where undefined (no holdout, too few samples)
         set_scalars.update({f"{c}_mean": iqms.defined_mean(table[c]) for c in per_sample_metrics})
@@ -329,7 +331,7 @@ def _heatmap(rho: dict[str, dict[str, float]], params: QualityParams) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gate_plugins.memorization.figures import _png
+    from gate_plugins.toolkit.figures import png as _png
 
     metrics = list(rho)
     perts = list(next(iter(rho.values())))

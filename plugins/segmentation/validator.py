@@ -231,7 +231,7 @@ def _dice_figure(synthetic, baseline, names) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gate_plugins.memorization.figures import _png
+    from gate_plugins.toolkit.figures import png as _png
 
     rng = np.random.default_rng(0)
     series = [("candidate", synthetic)] + ([("real-only baseline", baseline)] if baseline is not None else [])

@@ -149,7 +149,7 @@ class MriCoreExtractor(_TorchExtractor):
     _taps = (3, 7, 11)
 
     def __init__(self, checkpoint: Path | None, image_size: int = 240, random_init_seed: int | None = None):
-        from gate_plugins.memorization.sam_encoder import ImageEncoderViT
+        from gate_plugins.toolkit.sam_encoder import ImageEncoderViT
 
         self.image_size = image_size
         self._net = ImageEncoderViT().eval()
