@@ -45,6 +45,16 @@ def test_measures_are_finite_on_degenerate_images():
         assert all(np.isfinite(v) for v in values.values()), values
 
 
+@pytest.mark.parametrize("values", [[0.0, 5e-324], [1e16, 1e16 + 2.0]])
+def test_a_range_too_narrow_for_a_histogram_has_no_threshold_instead_of_a_numpy_error(values):
+    """numpy refuses 256 bins over a range of a few representable steps ("Too many bins for data range"):
+    seen on a real Colin27 slice with one non-zero voxel. Such a slice has no threshold, not a crash."""
+    img = np.full((32, 32), values[0])
+    img[3, 3] = values[1]
+    assert iqms.otsu_threshold(img) == values[0]
+    assert all(np.isfinite(v) for v in iqms.all_iqms(img).values())
+
+
 def test_zero_background_gives_the_documented_sentinel(slices):
     values = iqms.all_iqms(slices[0])  # skull-stripped template: background exactly 0
     assert values["fber"] == iqms.UNDEFINED and values["snr_dietrich"] == iqms.UNDEFINED

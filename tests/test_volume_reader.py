@@ -157,3 +157,57 @@ def test_a_volume_that_would_grow_past_the_limits_once_resampled_is_refused_befo
              str(folder / "big.nii.gz"))
     with pytest.raises(LimitExceeded, match=r"big.nii.gz: volume declares \d+ voxels"):
         read_folder(folder, "train", Preprocess(spacing=1.0), limits=ReadLimits(max_volume_voxels=2**26))
+
+
+def test_colin27_and_the_itk_t1_as_handed_are_validated_by_the_default_policy(tmp_path):
+    """The folder of both volumes, as the Debian packages ship them (two orientations, two spacings, two
+    sizes, skull on, empty edge slices), is the train set and, copied as a generator would, the candidate.
+    The default policy as shipped reads it without hand preparation: the only problems its preflight finds,
+    in seconds, are the labels the segmentation check needs and these volumes do not have. Without that
+    check (as `gate init` writes it for unlabelled data) the validation runs to a verdict: the copy is
+    refused by the memorization check. (At 2 mm for CI time; the 1 mm default is measured in the README.)"""
+    import json
+    import time
+
+    from ruamel.yaml import YAML
+    from typer.testing import CliRunner
+
+    from gate.cli import app
+    from gate_plugins.mri.demo import default_policy
+
+    volumes = _folder(tmp_path / "volumes", COLIN27, ITK_T1)
+    yaml = YAML()
+    with default_policy() as shipped:
+        doc = yaml.load(shipped.read_text(encoding="utf-8"))
+    doc["spec"]["data"]["train"] = "volumes"
+    del doc["spec"]["data"]["holdout"]
+    yaml.dump(doc, tmp_path / "as_shipped.yaml")
+    started = time.monotonic()
+    res = CliRunner().invoke(app, ["validate", "--policy", str(tmp_path / "as_shipped.yaml"), "--samples",
+                                   str(volumes), "--out", str(tmp_path / "r1"), "--quiet"])
+    took = time.monotonic() - started
+    assert res.exit_code == 2, res.output
+    problems = [ln for ln in res.output.splitlines() if ln.startswith("gate: error: spec.checks")]
+    assert problems and all("(segmentation): " in p and "label" in p for p in problems), res.output
+    assert took < 30, took  # a loose bound on a loaded CI machine; the point is: before any check computes
+    assert not (tmp_path / "r1" / "report.json").exists()
+
+    doc["spec"]["checks"] = [c for c in doc["spec"]["checks"] if c["validator"] != "segmentation"]
+    doc["spec"]["data"]["preprocess"]["spacing"] = 2.0
+    yaml.dump(doc, tmp_path / "unlabelled.yaml")
+    res = CliRunner().invoke(app, ["validate", "--policy", str(tmp_path / "unlabelled.yaml"), "--samples",
+                                   str(volumes), "--out", str(tmp_path / "r2"), "--quiet"])
+    assert res.exit_code == 1, res.output
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["verdict"] == "fail"
+    memorization, quality = report["checks"]
+    assert memorization["status"] == "ok" and quality["status"] == "ok", (memorization.get("error"),
+                                                                          quality.get("error"))
+    failed = {r["metric"] for r in memorization["rules"] if not r["passed"] and r["severity"] == "block"}
+    assert "copying_detected" in failed and memorization["metrics"]["fraction_flagged"] > 0.9
+    manifests = {m["name"]: m for m in report["provenance"]["data"]}
+    for manifest in (manifests["train"], manifests["candidate"]):
+        pre = manifest["preprocessing"]
+        assert pre["volumes"] == 2 and pre["grid"] == [109, 128] and manifest["shape"] == [109, 128]
+        assert pre["slices_dropped"] > 0 and len(pre["dropped"]) == pre["slices_dropped"]
+        assert {v["stored_axcodes"] for v in pre["per_volume"]} == {"RAS", "LSA"}

@@ -19,7 +19,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of a set of values (between-class variance maximised over a histogram)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
+    # a range narrower than ``bins`` representable steps (a near-constant slice, one denormal voxel, a huge
+    # offset) has no threshold to find, and np.histogram would raise "Too many bins for data range"
+    if not hi - lo > 4 * bins * max(np.spacing(abs(lo)), np.spacing(abs(hi)), np.finfo(np.float64).tiny):
         return lo
     hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
     centres = (edges[:-1] + edges[1:]) / 2
