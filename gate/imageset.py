@@ -61,4 +61,11 @@ class ImageSet:
         h = hashlib.sha256()
         for entry in sorted(self.manifest, key=lambda e: e.path):
             h.update(f"{entry.path}\0{entry.sha256}\n".encode())
+        if self.preprocessing is not None:
+            # the same files read onto another grid (axis, spacing, size, drop_empty, reader) are other
+            # images: cached features of one must never stand for the other
+            import json
+
+            how = {k: self.preprocessing.get(k) for k in ("reader", "settings", "grid", "slices")}
+            h.update(json.dumps(how, sort_keys=True).encode())
         return h.hexdigest()

