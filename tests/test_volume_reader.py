@@ -120,6 +120,18 @@ def test_labels_follow_their_volume_with_nearest_neighbour_resampling(tmp_path):
             assert abs(after - before) < 25, (k, before, after)
 
 
+def test_a_label_stored_on_another_grid_is_refused_even_when_its_shape_matches(tmp_path):
+    root = tmp_path / "labelled"
+    _folder(root / "images", ITK_T1)
+    (root / "labels").mkdir()
+    stored = nib.load(str(ITK_LABELS))
+    flipped = stored.affine.copy()
+    flipped[:, 0] *= -1  # the same array, declared mirrored left-right
+    nib.save(nib.Nifti1Image(np.asarray(stored.dataobj), flipped), str(root / "labels" / ITK_T1.name))
+    with pytest.raises(InputError, match="its affine does not put it where its image is"):
+        read_folder(root, "train", Preprocess(spacing=None))
+
+
 def _write_dicom_series(volume: Path, folder: Path) -> None:
     """Each slice of ``volume`` as one DICOM file with the geometry a scanner writes (SimpleITK/GDCM)."""
     import SimpleITK as sitk

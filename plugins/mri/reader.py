@@ -68,9 +68,10 @@ class MriReader:
         grid_2d = tuple(grid) if grid is not None and preprocess.size is not None else None
         parts: list[_Slices] = []
         manifest: list[ManifestEntry] = []
-        spent = [0]  # decoded bytes of the set so far, images and labels each bounded as one set
+        spent, label_spent = [0], [0]  # decoded bytes so far: images and labels each bounded as one set
         for entry in entries:
-            parts.append(self._read_entry(entry, label_of.get(entry.name), preprocess, limits, spent, grid_2d))
+            parts.append(self._read_entry(entry, label_of.get(entry.name), preprocess, limits, spent, grid_2d,
+                                          label_spent))
             manifest += _manifest(entry, limits)
             if entry.name in label_of:
                 manifest += _manifest(label_of[entry.name], limits)
@@ -106,7 +107,7 @@ class MriReader:
                         manifest=tuple(manifest), labels=labels, preprocessing=record)
 
     def _read_entry(self, path: Path, label_path: Path | None, preprocess: Any, limits: ReadLimits,
-                    spent: list[int], grid_2d: tuple[int, ...] | None) -> _Slices:
+                    spent: list[int], grid_2d: tuple[int, ...] | None, label_spent: list[int]) -> _Slices:
         try:
             kind = _kind(path, limits)
         except (InputError, LimitExceeded):
@@ -126,17 +127,30 @@ class MriReader:
                 raise InputError(f"{one_line(path)}: expected a 2D image, got shape {arr.shape}")
             labels = None
             if label_path is not None:
-                lab, _ = read_array(label_path, raw=True, limits=limits)
+                lab, decoded = read_array(label_path, raw=True, limits=limits, spent=label_spent[0])
+                label_spent[0] += decoded
                 labels = [_label_map(lab, label_path, arr.shape)]
             return _Slices([path.name], [arr], labels, None, [])
-        volume, axcodes, zooms = _load_volume(path, kind, preprocess, limits, spent)
+        volume, axcodes, zooms, affine = _load_volume(path, kind, preprocess, limits, spent)
         label_volume = None
         if label_path is not None:
-            label_volume, _, _ = _load_volume(label_path, _kind(label_path, limits), preprocess, limits, [0],
-                                              label=True)
+            try:
+                label_kind = _kind(label_path, limits)
+            except (InputError, LimitExceeded):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(f"{one_line(label_path)}: cannot read label header: {type(exc).__name__}: "
+                                 f"{one_line(exc)}") from None
+            label_volume, _, _, label_affine = _load_volume(label_path, label_kind, preprocess, limits, label_spent,
+                                                            label=True)
             if label_volume.shape != volume.shape:
                 raise InputError(f"{one_line(label_path)}: label volume is {label_volume.shape} on the policy's grid "
                                  f"but its image is {volume.shape}")
+            # the same shape is not the same place: a label stored with another affine would lie flipped or
+            # shifted on its image without a word
+            if not np.allclose(label_affine, affine, atol=1e-3 * max(zooms)):
+                raise InputError(f"{one_line(label_path)}: its affine does not put it where its image is (labels "
+                                 "must be stored on their image's grid)")
         return _slice_volume(path.name, volume, label_volume, preprocess, axcodes, zooms, label_path)
 
 
@@ -152,9 +166,10 @@ def _kind(path: Path, limits: ReadLimits) -> str:
 
 
 def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spent: list[int],
-                 label: bool = False) -> tuple[np.ndarray, str, tuple[float, ...]]:
+                 label: bool = False) -> tuple[np.ndarray, str, tuple[float, ...], np.ndarray]:
     """The volume on RAS axes at the policy's spacing, [X, Y, Z] float32 (labels: nearest, integers), with
-    the orientation and spacing it was stored in. Bounded from its header before a voxel is decoded."""
+    the orientation and spacing it was stored in, and its affine on the policy's grid. Bounded from its header
+    before a voxel is decoded."""
     from monai.data import MetaTensor
     from monai.transforms import EnsureChannelFirst, Orientation, Spacing
 
@@ -200,6 +215,7 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
             spent[0] += check_declared(path, out, 8, limits, spent[0])
             image = Spacing(pixdim=(preprocess.spacing,) * 3, mode="nearest" if label else "bilinear")(image)
         arr = np.asarray(image.array if hasattr(image, "array") else image)[0]
+        affine = np.asarray(image.affine, dtype=np.float64)
     except (InputError, LimitExceeded):
         raise
     except Exception as exc:  # noqa: BLE001 - every reader failure becomes one clear line
@@ -207,8 +223,8 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
     if label:
         if not is_label_map(arr):
             raise InputError(f"{one_line(path)}: a label map must hold non-negative integers (class indices)")
-        return np.round(arr).astype(np.int64), axcodes, zooms
-    return arr.astype(np.float32, copy=False), axcodes, zooms
+        return np.round(arr).astype(np.int64), axcodes, zooms, affine
+    return arr.astype(np.float32, copy=False), axcodes, zooms, affine
 
 
 def _zooms(image) -> tuple[float, ...]:
