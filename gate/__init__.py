@@ -25,11 +25,13 @@ def validate(policy, *, model: str | None = None, samples=None, tracking_uri: st
 
 
 def promote(model: str, *, policy, alias: str = "champion", tracking_uri: str | None = None, out="gate-report",
-            train=None, holdout=None, signing_key=None, progress=None):
-    """Validate ``model``, then point ``alias`` at it only on a pass; ``Result.promoted`` says whether it
-    moved and ``Result.replaced`` which version held the alias before."""
+            train=None, holdout=None, signing_key=None, progress=None, allow_regression: bool = False):
+    """Validate ``model``, then point ``alias`` at it only on a pass and when the version holding it does
+    not score better on a block rule (unless ``allow_regression``); ``Result.promoted`` says whether it
+    moved, ``Result.replaced`` which version held the alias before, ``Result.regressions`` why not."""
     return _workflow_validate(policy, out, model=model, tracking_uri=tracking_uri, train=train, holdout=holdout,
-                              signing_key=signing_key, promote_alias=alias, progress=progress)
+                              signing_key=signing_key, promote_alias=alias, progress=progress,
+                              allow_regression=allow_regression)
 
 
 def _workflow_validate(policy, out, *, progress=None, **fields):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -33,7 +34,10 @@ def _quiet_env() -> None:
                        ("GX_ANALYTICS_ENABLED", "false"),
                        ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
                        # MLflow sets its loggers' level from this when it is imported, after anything gate could set
-                       ("MLFLOW_LOGGING_LEVEL", "ERROR"), ("MLFLOW_ENABLE_LOGGED_MODEL_CREATION_NOTIFICATION", "false")):
+                       ("MLFLOW_LOGGING_LEVEL", "ERROR"), ("MLFLOW_ENABLE_LOGGED_MODEL_CREATION_NOTIFICATION", "false"),
+                       # "View run ... at" on stdout after every run against a server: --json's stdout is the
+                       # document alone
+                       ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
         os.environ.setdefault(key, value)
 
 
@@ -140,7 +144,9 @@ def result_document(result) -> dict:
         "verdict": r.verdict, "exit_code": int(result.exit_code), "blocking": r.blocking, "summary": r.summary,
         "model": result.model.version_uri if result.model else None,
         "promotion": {"requested": result.promote_requested, "promoted": result.promoted,
-                      "replaced_version": result.replaced} if result.promote_requested else None,
+                      "replaced_version": result.replaced, "champion_version": result.champion,
+                      "regressions": [dataclasses.asdict(g) for g in result.regressions]}
+        if result.promote_requested else None,
         "checks": [{"id": c.id, "validator": c.validator, "status": c.status, "error": c.error,
                     "metrics": c.metrics,
                     "rules": [{"metric": o.metric, "value": o.value, "condition": o.condition,
@@ -183,6 +189,11 @@ def _run(req, quiet: bool, as_json: bool = False) -> None:
             before = f" (it held version {result.replaced})" if result.replaced and result.replaced != \
                 result.model.version else ""
             out.print(f"promoted {result.model.version_uri} to @{req.promote_alias}{before}", highlight=False)
+        elif result.regressions:
+            worse = "; ".join(escape(r.describe()) for r in result.regressions)
+            out.print(f"[red]refused[/]: {result.model.version_uri} was not promoted to @{req.promote_alias}: "
+                      f"version {result.champion}, which holds it, scores better: {worse} (give "
+                      "--allow-regression to promote anyway)", highlight=False)
         else:
             out.print(f"[red]refused[/]: {result.model.version_uri} was not promoted to @{req.promote_alias} "
                       f"(verdict {result.report.verdict})", highlight=False)
@@ -206,12 +217,16 @@ def promote(model: str = typer.Option(..., "--model", help="models:/NAME/VERSION
             alias: str = typer.Option("champion", "--alias", help="alias to set on a pass"),
             policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt,
             train: Optional[Path] = TrainOpt, holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt,
-            signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt) -> None:
-    """Validate, then set the alias only on a pass (never otherwise); says which version held it."""
+            signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt,
+            allow_regression: bool = typer.Option(False, "--allow-regression",
+                                                  help="promote even when the version holding the alias scores "
+                                                       "better on a block rule")) -> None:
+    """Validate, then set the alias only on a pass (never otherwise); says which version held it, and
+    refuses to replace one that scores better unless --allow-regression."""
     from gate.workflow import Request
 
     _run(Request(policy, out_dir, model, None, tracking_uri, train, holdout, promote_alias=alias,
-                 signing_key=signing_key), quiet, as_json)
+                 signing_key=signing_key, allow_regression=allow_regression), quiet, as_json)
 
 
 @app.command()

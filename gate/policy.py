@@ -96,6 +96,10 @@ class RuleBase(Strict):
     severity: Literal["block", "warn"] = "block"
     pin: bool = Field(False, description="keep a block rule blocking even when the validator's self-test "
                                          "finds its metric insensitive on this data")
+    regression_tolerance: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="gate promote refuses to replace an alias holder that is better on this block rule's metric "
+                    "by more than this, in the metric's units (null: not compared; a score, not a test's evidence)")
 
     @model_validator(mode="after")
     def _at_least_one_bound(self):
@@ -124,11 +128,18 @@ class AttestationSpec(Strict):
                                        description="gate verify --policy refuses attestations older than this")
 
 
+class PromotionSpec(Strict):
+    compare: bool = Field(True, description="gate promote refuses to replace an alias holder that scores better "
+                                            "on a block rule with a regression_tolerance (unless "
+                                            "--allow-regression)")
+
+
 class SpecBase(Strict):
     mode: Literal["enforce", "audit"] = Field("enforce", description="audit records everything, never blocks")
     candidate: CandidateSpec = CandidateSpec()
     data: DataSpec
     attestation: AttestationSpec = AttestationSpec()
+    promotion: PromotionSpec = PromotionSpec()
 
 
 class PolicyBase(Strict):

@@ -72,6 +72,27 @@ def abandon_validation_run(ref: ModelRef, tracking_uri: str, run_id: str) -> Non
         pass
 
 
+def champion_record(ref: ModelRef, tracking_uri: str, alias: str) -> tuple[str, dict[str, float]] | None:
+    """The version that holds ``alias`` and the metrics of its last validation, when that validation passed
+    (None: the alias is free, or its holder has no passing validation to defend)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(tracking_uri)
+    try:
+        held = client.get_model_version_by_alias(ref.name, alias)
+    except MlflowException:
+        return None
+    tags = held.tags or {}
+    run_id = tags.get("gate.run_id")
+    if tags.get("gate.verdict") != "pass" or not run_id:
+        return None
+    try:
+        metrics = client.get_run(str(run_id)).data.metrics
+    except MlflowException:
+        return None
+    return str(held.version), {str(k): float(v) for k, v in metrics.items()}
+
+
 def promote(ref: ModelRef, tracking_uri: str, alias: str) -> str | None:
     """Point ``alias`` at this version; returns the version that held it before (None: it was free)."""
     from mlflow.exceptions import MlflowException

@@ -17,6 +17,7 @@ from gate.imageio import check_same_size
 from gate.imageset import ImageSet
 from gate.registry import ModelRef, check_reachable, resolve_model, resolve_tracking_uri
 from gate.render.writer import write_reports
+from gate.regression import Regression, regressions
 from gate.report import Report
 from gate.validators import Plan
 
@@ -35,6 +36,7 @@ class Request:
     holdout: Path | None = None
     promote_alias: str | None = None
     signing_key: Path | None = None  # Ed25519 private key: sign the result as an attestation
+    allow_regression: bool = False   # promote even over an alias holder that scores better
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Result:
     tracking_uri: str | None
     promote_requested: bool = False
     replaced: str | None = None  # the version that held the alias before this one was promoted
+    #: block rules on which the alias holder (``champion``) scores better: the promotion was refused
+    regressions: tuple[Regression, ...] = ()
+    champion: str | None = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -136,19 +141,38 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         if run_id:  # never leave a validation run looking as if it were still going
             recording.abandon_validation_run(ref, tracking_uri, run_id)
         raise
-    promoted, replaced = False, None
+    promoted, replaced, found, champion = False, None, [], None
     if ref:
         try:
             recording.finish_validation_run(ref, tracking_uri, run_id, outcome.report, sha, Path(req.out),
                                             attestation=envelope)
             if req.promote_alias and outcome.report.verdict == "pass":
-                replaced = recording.promote(ref, tracking_uri, req.promote_alias)
-                promoted = True
+                found, champion = _regressions(req, inputs, outcome.report, ref, tracking_uri)
+                if not found:
+                    replaced = recording.promote(ref, tracking_uri, req.promote_alias)
+                    promoted = True
         except Exception as exc:  # noqa: BLE001 - reports are on disk; the registry could not be updated
             raise ValidatorError(f"{tracking_uri}: could not record the validation in MLflow "
                                  f"({type(exc).__name__}: {str(exc)[:300]}); nothing was promoted") from None
     return Result(outcome.report, sha, Path(req.out), ref, promoted, tracking_uri,
-                  promote_requested=bool(req.promote_alias), replaced=replaced)
+                  promote_requested=bool(req.promote_alias), replaced=replaced, regressions=tuple(found),
+                  champion=champion)
+
+
+def _regressions(req: Request, inputs: Inputs, report: Report, ref: ModelRef,
+                 tracking_uri: str) -> tuple[list[Regression], str | None]:
+    """The block rules on which the alias holder scores better than this passing candidate (none with
+    ``--allow-regression``, ``spec.promotion.compare: false``, a free alias or a holder without a pass)."""
+    from gate import recording
+
+    spec = inputs.policy.model.spec
+    if req.allow_regression or not spec.promotion.compare:
+        return [], None
+    held = recording.champion_record(ref, tracking_uri, req.promote_alias)
+    if held is None or held[0] == str(ref.version):
+        return [], None
+    candidate = {f"{c.id}.{k}": float(v) for c in report.checks for k, v in c.metrics.items() if v is not None}
+    return regressions(spec.checks, candidate, held[1]), held[0]
 
 
 def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: str,

@@ -57,3 +57,21 @@ def test_labelled_data_keeps_segmentation_and_non_square_images_keep_dihedral_ma
     assert "runs on a square canvas" in res.output and "no holdout" in res.output
     spec = load_policy(tmp_path / "wide.yaml", discover()).model.spec
     assert spec.checks[0].params.invariance == "dihedral" and spec.data.holdout is None
+
+
+def test_labels_can_be_required_or_left_out(tmp_path, mri_labelled):
+    tr_i, tr_l, te_i, te_l = mri_labelled
+    write_slices(tmp_path / "train", tr_i, [f"s{i // 12}_{i:03d}" for i in range(len(tr_i))], tr_l)
+    write_slices(tmp_path / "holdout", te_i, [f"h{i // 8}_{i:03d}" for i in range(len(te_i))], None)
+    res = _init("--train", tmp_path / "train", "--holdout", tmp_path / "holdout", "--out", tmp_path / "p.yaml",
+                "--labels")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and lines == ["gate: error: --labels: holdout has no labels/ folder (a labelled set "
+                                            "holds images/ and labels/ with the same file names)"], res.output
+    assert not (tmp_path / "p.yaml").exists()
+    write_slices(tmp_path / "holdout2", te_i, [f"h{i // 8}_{i:03d}" for i in range(len(te_i))], te_l)
+    res = _init("--train", tmp_path / "train", "--holdout", tmp_path / "holdout2", "--out", tmp_path / "p.yaml",
+                "--no-labels")
+    assert res.exit_code == 0 and "segmentation check left out (--no-labels)" in res.output, res.output
+    assert [c.validator for c in load_policy(tmp_path / "p.yaml", discover()).model.spec.checks] == \
+        ["memorization", "quality"]

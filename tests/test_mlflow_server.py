@@ -96,6 +96,46 @@ def test_honest_generator_is_promoted_and_copier_refused(server, versions, polic
         str(versions["honest"])
 
 
+def test_promote_refuses_to_replace_a_champion_that_scores_better_unless_allowed(server, versions, mri, tmp_path,
+                                                                               monkeypatch):
+    """A lenient policy passes the copier too (fraction_flagged <= 1 always holds), but the honest champion
+    scores better on that block rule by far more than its regression_tolerance: the copier does not take @champion
+    without --allow-regression, and the refusal names the version, the rule and both values."""
+    monkeypatch.chdir(tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
+    lenient = write_policy(tmp_path / "lenient.yaml", mri["train"], mri["holdout"], n_samples=16,
+                           params=CHEAP_MEMORIZATION, rules="""
+        - metric: fraction_flagged
+          lte: 1.0
+          severity: block
+          regression_tolerance: 0.05""")
+    honest, copier = f"models:/{NAME}/{versions['honest']}", f"models:/{NAME}/{versions['copier']}"
+    res = gate("promote", "--model", honest, "--tracking-uri", server, "--policy", lenient, "--out",
+               tmp_path / "h", "--quiet", "--allow-regression")
+    assert res.exit_code == 0, res.output
+    res = gate("promote", "--model", copier, "--tracking-uri", server, "--policy", lenient, "--out",
+               tmp_path / "c", "--quiet", "--json")
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)  # stdout is the document alone, even against a server (no "View run" line)
+    assert doc["verdict"] == "pass" and doc["promotion"]["promoted"] is False
+    assert doc["promotion"]["champion_version"] == str(versions["honest"])
+    [worse] = doc["promotion"]["regressions"]
+    assert worse["rule"] == "memorization.fraction_flagged" and worse["direction"] == "lower"
+    assert worse["candidate"] - worse["champion"] > 0.5
+    assert client.get_registered_model(NAME).aliases == {"champion": str(versions["honest"])}
+
+    res = gate("promote", "--model", copier, "--tracking-uri", server, "--policy", lenient, "--out",
+               tmp_path / "c2", "--quiet")
+    assert res.exit_code == 1 and f"version {versions['honest']}, which holds it, scores better: " \
+        "memorization.fraction_flagged" in res.output and "--allow-regression" in res.output, res.output
+    res = gate("promote", "--model", copier, "--tracking-uri", server, "--policy", lenient, "--out",
+               tmp_path / "c3", "--quiet", "--allow-regression")
+    assert res.exit_code == 0 and f"(it held version {versions['honest']})" in res.output, res.output
+    assert client.get_registered_model(NAME).aliases == {"champion": str(versions["copier"])}
+    # put the honest one back for the tests after this one
+    client.set_registered_model_alias(NAME, "champion", str(versions["honest"]))
+
+
 def _one_error_line(res):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2, res.output

@@ -69,3 +69,16 @@ def test_monai_unet_is_deterministic_and_learns_the_tissues(mri_labelled):
 
     with pytest.raises(TimeBudgetExceeded, match="time budget"):
         train_unet(tr_i, tr_l, 4, **{**kw, "epochs": 50}, deadline=0.0)
+
+
+def test_monai_unet_takes_slices_its_downsamplings_do_not_divide():
+    """A 1 mm axial slice of Colin27 is 217x181: three stride-2 levels give the decoder a map one pixel off
+    its skip connection. The back end pads to a divisible size and crops the prediction back."""
+    from gate_plugins.segmentation.monai_backend import predict, train_unet
+
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 37, 53)).astype(np.float32)
+    labels = (images > 0.5).astype(np.int64)
+    net = train_unet(images, labels, 2, epochs=1, batch_size=2, lr=1e-3, channels=(4, 8, 16, 32), seed=0)
+    out = predict(net, images)
+    assert out.shape == images.shape and set(np.unique(out)) <= {0, 1}

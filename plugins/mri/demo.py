@@ -82,6 +82,10 @@ def _run_demo(workdir: Path, policy: Path, quiet: bool, copy_policy: bool) -> in
         if result.promoted:
             held = f" (it held version {result.replaced})" if result.replaced else ""
             console.print(f"promoted {result.model.version_uri} to @champion{held}", highlight=False)
+        elif result.regressions:
+            worse = "; ".join(r.describe() for r in result.regressions)
+            console.print(f"not promoted: version {result.champion}, which holds @champion, scores better: {worse}",
+                          highlight=False, markup=False)
         outcomes.append((mv.version, label, result))
     table = Table(title=f"gate demo ({time.perf_counter() - t0:.0f} s)")
     check_ids = [c.id for c in outcomes[0][2].report.checks]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -23,8 +24,11 @@ SECONDS_PER_IMAGE = 0.75
 OTHER_CHECKS_S = 120
 
 
-def fitted_policy(train: Path, holdout: Path | None, out: Path) -> tuple[str, list[str]]:
-    """The policy's text and the notes printed beside it (what was left out and why, the estimate)."""
+def fitted_policy(train: Path, holdout: Path | None, out: Path,
+                  labels: bool | None = None) -> tuple[str, list[str]]:
+    """The policy's text and the notes printed beside it (what was left out and why, the estimate).
+    ``labels``: True requires labelled train and holdout sets (the segmentation check), False leaves that
+    check out whatever the folders hold, None decides from the folders."""
     from ruamel.yaml import YAML
 
     from gate.imageio import read_folder
@@ -76,7 +80,17 @@ def fitted_policy(train: Path, holdout: Path | None, out: Path) -> tuple[str, li
                          f"power (5 % copying refused in 93 % of seeds at 64 samples) was measured with "
                          f"{MEASURED_HOLDOUT} (4 subjects): with fewer the check may refuse to vouch and say what it needs")
     labelled = train_set.labels is not None and holdout_set is not None and holdout_set.labels is not None
-    if not labelled:
+    if labels and not labelled:
+        from gate.errors import InputError
+
+        which = [name for name, s in (("train", train_set), ("holdout", holdout_set)) if s is None or s.labels is None]
+        raise InputError(f"--labels: {' and '.join(which)} {'has' if len(which) == 1 else 'have'} no labels/ folder "
+                         "(a labelled set holds images/ and labels/ with the same file names)")
+    if labels is False and labelled:
+        checks[:] = [c for c in checks if c["validator"] != "segmentation"]
+        spec.yaml_add_eol_comment("segmentation left out: --no-labels", "checks")
+        notes.append("segmentation check left out (--no-labels), although the sets are labelled")
+    elif not labelled:
         which = [name for name, s in (("train", train_set), ("holdout", holdout_set)) if s is None or s.labels is None]
         checks[:] = [c for c in checks if c["validator"] != "segmentation"]
         spec.yaml_add_eol_comment(f"segmentation left out: {' and '.join(which)} have no labels/ folder",
@@ -99,7 +113,10 @@ def register(app: typer.Typer) -> None:
     def init(train: Path = typer.Option(..., "--train", help="folder of the generator's training images"),
              holdout: Path = typer.Option(None, "--holdout", help="folder of real images it never saw"),
              out: Path = typer.Option(Path("policy.yaml"), "--out", "-o", help="policy file to write"),
-             force: bool = typer.Option(False, "--force", help="overwrite an existing policy file")) -> None:
+             force: bool = typer.Option(False, "--force", help="overwrite an existing policy file"),
+             labels: Optional[bool] = typer.Option(None, "--labels/--no-labels",
+                                                   help="require labelled sets for the segmentation check, or leave "
+                                                        "it out (default: as the folders are)")) -> None:
         """Write a commented policy fitted to your data: checks it cannot feed left out (and why), sizes
         checked, the holdout judged, the time estimated."""
         from gate.errors import InputError
@@ -108,7 +125,7 @@ def register(app: typer.Typer) -> None:
 
         if out.exists() and not force:
             raise InputError(f"{out}: exists; give --force to overwrite it")
-        text, notes = fitted_policy(train, holdout, out)
+        text, notes = fitted_policy(train, holdout, out, labels)
         import tempfile
 
         out.parent.mkdir(parents=True, exist_ok=True)

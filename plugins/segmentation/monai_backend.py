@@ -22,6 +22,26 @@ def build_unet(n_classes: int, channels: tuple[int, ...]) -> torch.nn.Module:
                 strides=(2,) * (len(channels) - 1), num_res_units=2)
 
 
+def _divisible(images: np.ndarray, channels: tuple[int, ...]) -> np.ndarray:
+    """[n, H, W] padded (centred, zeros) to sizes the UNet's downsamplings divide: a 217x255 slice would
+    otherwise come back from the decoder one pixel off its skip connection. MONAI's DivisiblePad."""
+    from monai.transforms import DivisiblePad
+
+    k = 2 ** (len(channels) - 1)
+    if all(n % k == 0 for n in images.shape[1:]):
+        return images
+    return np.asarray(DivisiblePad(k=k, mode="constant")(images))  # n is the "channel" axis: H, W are padded
+
+
+def _crop_back(maps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Undo :func:`_divisible` (its symmetric pad is undone by a centred crop)."""
+    if maps.shape[1:] == tuple(shape):
+        return maps
+    from monai.transforms import CenterSpatialCrop
+
+    return np.asarray(CenterSpatialCrop(roi_size=shape)(maps))
+
+
 def train_unet(images: np.ndarray, labels: np.ndarray, n_classes: int, *, epochs: int, batch_size: int, lr: float,
                channels: tuple[int, ...], seed: int, deadline: float | None = None,
                progress: Callable[[int], None] = lambda _n: None) -> torch.nn.Module:
@@ -32,8 +52,8 @@ def train_unet(images: np.ndarray, labels: np.ndarray, n_classes: int, *, epochs
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = build_unet(n_classes, channels)
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))[:, None]
+    x = torch.from_numpy(np.ascontiguousarray(_divisible(images, channels), dtype=np.float32))[:, None]
+    y = torch.from_numpy(np.ascontiguousarray(_divisible(labels, channels), dtype=np.int64))[:, None]
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(net.parameters(), lr)
     for epoch in range(epochs):
@@ -52,10 +72,13 @@ def train_unet(images: np.ndarray, labels: np.ndarray, n_classes: int, *, epochs
 
 def predict(net: torch.nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     out = []
+    channels = tuple(net.channels)
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))[:, None]
-            out.append(net(x).argmax(1).numpy().astype(np.uint8))
+            batch = _divisible(images[i:i + batch_size], channels)
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))[:, None]
+            maps = net(x).argmax(1).numpy().astype(np.uint8)
+            out.append(_crop_back(maps, images.shape[1:]))
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
