@@ -55,7 +55,7 @@ def local_mlflow_server(root: Path, app_name: str | None = None, env: dict[str, 
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mlflow server did not start: " + log.read_text()[-2000:])
+                raise RuntimeError("mlflow server did not start: " + log.read_text(encoding="utf-8", errors="replace")[-2000:])
             time.sleep(0.5)
         yield uri
     finally:
@@ -89,7 +89,7 @@ class LocalGateService:
 
     @property
     def log_tail(self) -> str:
-        return (self.root / "serve.log").read_text()[-3000:]
+        return (self.root / "serve.log").read_text(encoding="utf-8", errors="replace")[-3000:]
 
     def start(self, timeout_s: float = 120) -> None:
         self.proc = subprocess.Popen(self.args, cwd=self.root, stdout=open(self.root / "serve.log", "a"),

@@ -133,7 +133,19 @@ def test_a_label_stored_on_another_grid_is_refused_even_when_its_shape_matches(t
 
 
 def _write_dicom_series(volume: Path, folder: Path) -> None:
-    """Each slice of ``volume`` as one DICOM file with the geometry a scanner writes (SimpleITK/GDCM)."""
+    """Each slice of ``volume`` as one DICOM file with the geometry a scanner writes (SimpleITK/GDCM), in a
+    child process: GDCM's writer sets the process locale to "C", after which every text file opened
+    without an encoding in this test process would be read as ASCII."""
+    import subprocess
+    import sys
+
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "from test_volume_reader import _write_dicom_series_here as w; from pathlib import Path; "
+              f"w(Path({str(volume)!r}), Path({str(folder)!r}))")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+def _write_dicom_series_here(volume: Path, folder: Path) -> None:
     import SimpleITK as sitk
 
     img = sitk.Cast(sitk.ReadImage(str(volume)), sitk.sitkInt16)
