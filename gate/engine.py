@@ -149,7 +149,7 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         for j, rule in enumerate(check.rules):
             metric_defs[(check.id, rule.metric)] = defs[rule.metric]
             outcome = evaluate_rule(check.id, rule, defs[rule.metric], out.table, inputs.policy.rule_lines.get((i, j)),
-                                    out.scalars, out.insensitive)
+                                    out.scalars, out.insensitive, out.insensitive_to)
             result.rules.append(outcome)
             outcomes.append(outcome)
             if outcome.value is None and outcome.severity == "block":  # cannot be evaluated: not validated

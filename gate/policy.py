@@ -96,6 +96,11 @@ class RuleBase(Strict):
     severity: Literal["block", "warn"] = "block"
     pin: bool = Field(False, description="keep a block rule blocking even when the validator's self-test "
                                          "finds its metric insensitive on this data")
+    guards: str | None = Field(None, min_length=1, max_length=64,
+                               description="the failure this rule is meant to catch (for the quality check: a "
+                                           "self-test perturbation or its kind, e.g. blur): the validator's "
+                                           "self-test must show the metric sees it sample by sample, else the "
+                                           "block rule is a warning (unless pinned)")
     regression_tolerance: float | None = Field(
         None, ge=0, allow_inf_nan=False,
         description="gate promote refuses to replace an alias holder that is better on this block rule's metric "

@@ -14,10 +14,18 @@ from gate.validators import MetricDef
 
 
 def evaluate_rule(check_id: str, rule: Any, metric: MetricDef, table: pd.DataFrame, line: int | None,
-                  scalars: dict[str, float] | None = None, insensitive: dict[str, str] | None = None) -> RuleOutcome:
+                  scalars: dict[str, float] | None = None, insensitive: dict[str, str] | None = None,
+                  insensitive_to: dict[str, dict[str, str]] | None = None) -> RuleOutcome:
     value = metric.compute(table, scalars)
     severity, downgraded = rule.severity, None
     why = (insensitive or {}).get(rule.metric)
+    guards = getattr(rule, "guards", None)
+    tested = (insensitive_to or {}).get(rule.metric)
+    if not why and guards and tested is not None:
+        # a rule that names what it guards holds only if the validator's self-test showed that the metric sees
+        # that failure sample by sample (None: seen); a failure its self-test never made is not shown either
+        why = tested[guards] if guards in tested else (
+            f"the self-test makes no failure called {guards!r} (it makes: {', '.join(sorted(tested))})")
     if why and severity == "block" and not rule.pin:
         severity, downgraded = "warn", why
     return RuleOutcome(

@@ -110,6 +110,10 @@ class CheckOutput:
     #: metrics the validator's own self-test found insensitive on this data, with the reason: their
     #: block rules are reported as warnings unless the policy pins them
     insensitive: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: per metric, every failure family its self-test made (named by the validator): None where the metric
+    #: saw it sample by sample, else why not; a block rule that ``guards`` an unseen (or unknown) family is
+    #: reported as a warning unless pinned
+    insensitive_to: dict[str, dict[str, str | None]] = dataclasses.field(default_factory=dict)
 
 
 @runtime_checkable

@@ -47,7 +47,8 @@ def test_quality_check_reports_its_sensitivity_and_downgrades_blind_metrics(tmp_
         assert seen != (pert in check["diagnostics"]["unseen_failures"])
     # novel real-template subjects sit inside the real-vs-real band on most measures
     versus = check["diagnostics"]["versus_real"]
-    assert set(versus) == {"snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max", "niqe"}
+    assert set(versus) == {"snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max", "fwhm", "inu_med",
+                           "inu_range", "qi1", "niqe"}
     assert versus["snr"]["band_low"] < versus["snr"]["real_mean"] < versus["snr"]["band_high"]
 
 
@@ -62,8 +63,13 @@ def test_bench_iqa_prints_the_sensitivity_matrix(tmp_path, mri):
     assert res.returncode == 0, res.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line for line in res.stdout.splitlines() if line.startswith("| ")}
     assert {"snr", "niqe", "fid", "coverage"} <= set(rows)
-    header = [c.strip() for c in res.stdout.splitlines()[0].split("|")[2:-1]]
+    headers = [line for line in res.stdout.splitlines() if line.startswith("| metric |")]
+    assert len(headers) == 2  # the set-level matrix, then the per-sample one
+    header = [c.strip() for c in headers[0].split("|")[2:-1]]
     assert {"gaussian_noise", "blur", "bias_field", "memorisation", "mode_collapse"} <= set(header)
+    per_sample = [c.strip() for c in headers[1].split("|")[2:-1]]
+    assert {"gaussian_noise", "blur", "bias_field"} <= set(per_sample) and "memorisation" not in per_sample
+    assert "Best per-sample |rho| per perturbation" in res.stdout
     assert "insensitive to every perturbation" in res.stdout
 
 

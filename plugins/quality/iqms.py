@@ -130,6 +130,76 @@ def wm2max(img: np.ndarray, wm: np.ndarray) -> float:
     return float(img[wm].mean() / top) if wm.any() and top > 0 else UNDEFINED
 
 
+def fwhm(img: np.ndarray, head: np.ndarray) -> float:
+    """Smoothness: the full width at half maximum of a Gaussian kernel that would give the image's spatial
+    autocorrelation, in pixels, averaged over the two axes. AFNI's classic 3dFWHMx estimate (Forman et al.
+    1995), which MRIQC reports as ``fwhm_avg``: from the variance of first differences against the variance,
+    over neighbours that both lie in the head. Higher is smoother (blur raises it)."""
+    img = np.asarray(img, dtype=np.float64)
+    var = img[head].var() if head.sum() > 8 else 0.0
+    if var <= 0:
+        return UNDEFINED
+    widths = []
+    for axis in (0, 1):
+        a, b = [np.take(x, range(0, x.shape[axis] - 1), axis=axis) for x in (img, head)]
+        a2, b2 = [np.take(x, range(1, x.shape[axis]), axis=axis) for x in (img, head)]
+        both = b & b2
+        if both.sum() < 8:
+            return UNDEFINED
+        ratio = 1 - (a2[both] - a[both]).var() / (2 * var)
+        if not 0 < ratio < 1:
+            return UNDEFINED
+        widths.append(np.sqrt(-2 * np.log(2) / np.log(ratio)))
+    return float(np.mean(widths))
+
+
+def inu(img: np.ndarray, head: np.ndarray, shrink: int = 4, iterations: tuple[int, ...] = (20, 20)) -> tuple[float, float]:
+    """Intensity non-uniformity: the median and the 5-95 percentile range (over the median) of the bias field that N4
+    (SimpleITK's ``N4BiasFieldCorrectionImageFilter``, Tustison et al. 2010) estimates inside the head, as
+    MRIQC's ``inu_med`` and ``inu_range``. A flat field is 1 with range 0; a bias field widens the range."""
+    import SimpleITK as sitk
+
+    if head.sum() < 64:
+        return UNDEFINED, UNDEFINED
+    x = np.asarray(img, dtype=np.float64)
+    lo, hi = float(x[head].min()), float(x[head].max())
+    if hi <= lo:
+        return UNDEFINED, UNDEFINED
+    # N4 fits a log field to positive intensities: map the head's range onto [1, 2], whatever the scale
+    scaled = sitk.GetImageFromArray((1 + np.clip((x - lo) / (hi - lo), 0, 1)).astype(np.float32))
+    mask = sitk.GetImageFromArray(head.astype(np.uint8))
+    small, small_mask = sitk.Shrink(scaled, [shrink] * 2), sitk.Shrink(mask, [shrink] * 2)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations(list(iterations))
+    try:
+        n4.Execute(small, small_mask)
+        field = np.exp(sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(scaled)))[head]
+    except RuntimeError:  # ITK refuses a mask it cannot fit (too few voxels at this shrink): undefined
+        return UNDEFINED, UNDEFINED
+    if not np.isfinite(field).all():
+        return UNDEFINED, UNDEFINED
+    p5, p50, p95 = np.percentile(field, [5, 50, 95])
+    # the range relative to the median: N4's field has no absolute scale, its spread across the head does
+    return float(p50), float((p95 - p5) / p50) if p50 > 0 else UNDEFINED
+
+
+def qi1(img: np.ndarray, head: np.ndarray) -> float:
+    """Share of the background (air) that carries artefactual signal, after Mortamet et al. (2009) as
+    MRIQC's ``qi_1``: air pixels above the air's robust noise level (median + 3 MADs, at least 1 % of the
+    head's 99th percentile) that survive a binary opening (structure, not isolated noise pixels). Ghosts
+    and motion smear the head into the air and raise it; lower is better."""
+    img = np.asarray(img, dtype=np.float64)
+    air_mask = ~ndi.binary_dilation(head, iterations=3)
+    if air_mask.sum() < 64 or not head.any():
+        return UNDEFINED
+    air = img[air_mask]
+    med = float(np.median(air))
+    level = max(med + 3 * 1.4826 * float(np.median(np.abs(air - med))),
+                med + 0.01 * float(np.percentile(np.abs(img[head]), 99)))
+    artefact = ndi.binary_opening(air_mask & (img > level), iterations=1)
+    return float(artefact.sum() / air_mask.sum())
+
+
 def is_degenerate(img: np.ndarray, min_foreground: float = 0.01) -> bool:
     """A slice that is no image of anything: constant (empty included) or with a foreground of under
     ``min_foreground`` of its pixels. The measures are then undefined, and a generator that emits such
@@ -152,9 +222,11 @@ def all_iqms(img: np.ndarray, labels: np.ndarray | None = None) -> dict[str, flo
     t = estimate_tissues(img, labels)
     tissue_snr = [snr(img, m) for m in (t.csf, t.gm, t.wm) if m.sum() >= 2]
     tissue_snr = [v for v in tissue_snr if v != UNDEFINED]
+    inu_med, inu_range = inu(img, t.head)
     return {
         # as MRIQC's snr_total: the mean of the per-tissue SNRs (tissue contrast is not noise)
         "snr": float(np.mean(tissue_snr)) if tissue_snr else UNDEFINED, "snr_dietrich": snr_dietrich(img, t.head, t.head),
         "cnr": cnr(img, t.gm, t.wm, t.head), "cjv": cjv(img, t.gm, t.wm), "efc": efc(img),
         "fber": fber(img, t.head), "wm2max": wm2max(img, t.wm),
+        "fwhm": fwhm(img, t.head), "inu_med": inu_med, "inu_range": inu_range, "qi1": qi1(img, t.head),
     }

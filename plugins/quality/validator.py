@@ -4,6 +4,7 @@ meant to catch. A metric that sees none of them cannot block (its block rules wa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -26,12 +27,15 @@ from gate_plugins.quality.comparison import compare, distribution_figure
 from gate_plugins.quality.distribution import distribution_metrics
 from gate_plugins.quality.niqe import fit_niqe, niqe_score
 from gate_plugins.quality.pyiqa_metrics import SUPPORTED, PyiqaScorer, missing_weights
+from gate_plugins.quality.sensitivity import per_sample_matrices, sees
 from gate_plugins.quality.perturbations import PERTURBATIONS, memorise, mode_collapse, ventricles
 
-IQMS = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max")
+IQMS = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max", "fwhm", "inu_med", "inu_range", "qi1")
 SET_METRICS = ("fid", "kid", "mmd", "precision", "recall", "density", "coverage")
 # +1: higher is better, -1: lower is better (WM2MAX and entropy have no better side)
-BETTER = {"snr": 1, "snr_dietrich": 1, "cnr": 1, "cjv": -1, "efc": -1, "fber": 1, "niqe": -1, "fid": -1, "kid": -1,
+# (FWHM: sharper is better; INU's median has no better side, its range does; QI1: less artefact in the air)
+BETTER = {"snr": 1, "snr_dietrich": 1, "cnr": 1, "cjv": -1, "efc": -1, "fber": 1, "fwhm": -1, "inu_range": -1,
+          "qi1": -1, "niqe": -1, "fid": -1, "kid": -1,
           "mmd": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1, "pyiqa_piqe": -1, "pyiqa_niqe": -1,
           "pyiqa_brisque": -1}
 MAX_REAL_SLICES = 256  # real slices measured for NIQE's fit and for the real-vs-real band
@@ -39,6 +43,10 @@ SET_LEVELS = (0.1, 0.25, 0.5, 1.0)  # fraction of the set for memorisation and m
 
 
 PyiqaMetric = Literal[tuple(SUPPORTED)]  # type: ignore[valid-type]
+
+
+#: degenerate sample ids named in the report (the samples table holds every one)
+MAX_NAMED = 50
 
 
 class QualityParams(BaseModel):
@@ -52,6 +60,9 @@ class QualityParams(BaseModel):
     self_test_slices: int = Field(16, ge=4, le=256, description="real slices perturbed by the self-test")
     sensitivity_threshold: float = Field(0.8, gt=0, le=1, description="|Spearman rho| below which a metric "
                                                                         "is insensitive to a perturbation")
+    per_sample_monotonic: float = Field(0.5, ge=0, le=1, description="per-sample test: the share of self-test "
+                                                                     "slices on which a metric must move "
+                                                                     "monotonically with severity")
     cache: bool = Field(True, description="reuse the memorization check's cached train features")
     tissue_classes: dict[Literal["csf", "gm", "wm"], int] | None = Field(
         None, description="label indices of CSF, GM and WM: when given, labelled sets use their label maps "
@@ -176,11 +187,15 @@ class QualityValidator:
         scalars = {m.name: float(set_scalars.get(m.name, np.nan)) for m in self.metrics if m.aggregate == "scalar"}
 
         insensitive: dict[str, str] = {}
+        insensitive_to: dict[str, dict[str, str]] = {}
         diagnostics: dict = {"niqe_patches": niqe_model.n_patches, "reference_cache_hit": cache_hit,
                              "reference_cache": detector.cache_status_,
                              "distribution_reference": "holdout" if holdout is not None else "train",
                              "versus_real": versus_real,
                              "outside_real_band": sorted(m for m, v in versus_real.items() if v["inside_band"] is False)}
+        # a degenerate sample (blank, constant, a few voxels) is counted by degenerate_fraction and named here
+        degenerate = [sid for sid, d in zip(cand.ids, table["degenerate"]) if d]
+        diagnostics["degenerate_samples"] = {"count": len(degenerate), "ids": degenerate[:MAX_NAMED]}
         diagnostics.update({f"{m}_real": round(float(v), 6) for m, v in set_scalars.items() if m.endswith("_real")})
         figures: list[Figure] = [Figure(
             "Candidate against real, per metric", distribution_figure(table, real_table, train_table, versus_real),
@@ -194,14 +209,14 @@ class QualityValidator:
             found = cache.load(key) if cache is not None else None
             cached = _self_test_from_arrays(found.arrays) if found is not None and found.status == "hit" else None
             if cached is not None:
-                rho, with_ventricles, undefined_clean = cached
+                rho, with_ventricles, undefined_clean, per_sample_test = cached
             else:
                 steps = 1 + sum(len(p.levels) for p in PERTURBATIONS.values()) + 2 * len(SET_LEVELS)
-                rho, with_ventricles, undefined_clean = self._self_test(
+                rho, with_ventricles, undefined_clean, per_sample_test = self._self_test(
                     real.images, train.images, f_train, f_hold, per_sample, detector, embed, params, context.seed,
                     context.progress("quality: self-test (perturbed real slices)", steps))
                 if cache is not None:
-                    cache.store(key, _self_test_arrays(rho, with_ventricles, undefined_clean))
+                    cache.store(key, _self_test_arrays(rho, with_ventricles, undefined_clean, per_sample_test))
             diagnostics["self_test_cache"] = found.status if found is not None else "off"
             diagnostics["self_test_slices_with_ventricles"] = with_ventricles
             diagnostics["undefined_on_clean_real"] = undefined_clean
@@ -219,6 +234,11 @@ class QualityValidator:
                     insensitive[metric_name] = (f"|Spearman rho| < {params.sensitivity_threshold:g} for every "
                                                 f"perturbation in the self-test on this data")
             diagnostics["insensitive_metrics"] = sorted(insensitive)
+            diagnostics["per_sample_rho"] = per_sample_test.rho
+            diagnostics["per_sample_monotonic"] = per_sample_test.monotonic
+            insensitive_to = _unseen_per_sample(per_sample_test, params)
+            diagnostics["per_sample_sees"] = {m: sorted(f for f, why in row.items() if why is None)
+                                              for m, row in insensitive_to.items()}
             diagnostics["unseen_failures"] = sorted(p for p in next(iter(rho.values()))
                                                     if all(abs(r.get(p, 0)) < params.sensitivity_threshold
                                                            for r in rho.values()))
@@ -237,7 +257,8 @@ class QualityValidator:
                                   f"then 4 levels) on {params.self_test_slices} real slices; |rho| < "
                                   f"{params.sensitivity_threshold:g} means the metric cannot see that failure. "
                                   + _blind_statement(diagnostics)))
-        return CheckOutput(table=table, scalars=scalars, insensitive=insensitive, diagnostics=diagnostics,
+        return CheckOutput(table=table, scalars=scalars, insensitive=insensitive, insensitive_to=insensitive_to,
+                           diagnostics=diagnostics,
                            figures=figures, provenance={"extractor": extractor.name,
                                                         "extractor_weights_sha256": extractor.weights_sha256(),
                                                         "niqe_block": params.niqe_block,
@@ -245,13 +266,14 @@ class QualityValidator:
 
     @staticmethod
     def _self_test(real, train, f_train, f_hold, per_sample, detector, embed, params,
-                   seed, tick=lambda _n: None) -> tuple[dict[str, dict[str, float]], int, list[str]]:
+                   seed, tick=lambda _n: None) -> tuple[dict[str, dict[str, float]], int, list[str], "SelfTestPerSample"]:
         rng = np.random.default_rng(seed + 104729)
         k = min(params.self_test_slices, len(real))
         base = real[rng.choice(len(real), size=k, replace=False)]
         reference = f_hold if f_hold is not None else f_train
 
-        def measure(images: np.ndarray) -> dict[str, float]:
+        def measure(images: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+            """Set-level values (means, distribution metrics) and the per-slice values behind the means."""
             table = per_sample(images)
             out = {m: iqms.defined_mean(table[m]) for m in table.columns}
             feats = embed(detector.features(images))
@@ -259,15 +281,19 @@ class QualityValidator:
             dist = distribution_metrics(reference, None, feats)
             out.update({m: dist[m] for m in SET_METRICS})
             tick(1)
-            return out
+            return out, {m: table[m].to_numpy(dtype=float) for m in table.columns}
 
-        clean = measure(base)
+        clean, clean_slices = measure(base)
         series: dict[str, list[dict[str, float]]] = {}
+        # per slice, for the perturbations applied slice by slice (memorisation and mode collapse act on the set)
+        slice_series: dict[str, list[dict[str, np.ndarray]]] = {}
         for name, p in PERTURBATIONS.items():
-            series[name] = [clean] + [measure(np.stack([p(im, s, seed + i) for i, im in enumerate(base)]))
-                                      for s in range(1, len(p.levels) + 1)]
-        series["memorisation"] = [clean] + [measure(memorise(base, train, f, seed)) for f in SET_LEVELS]
-        series["mode_collapse"] = [clean] + [measure(mode_collapse(base, f, seed)) for f in SET_LEVELS]
+            steps = [measure(np.stack([p(im, s, seed + i) for i, im in enumerate(base)]))
+                     for s in range(1, len(p.levels) + 1)]
+            series[name] = [clean] + [summary for summary, _ in steps]
+            slice_series[name] = [clean_slices] + [values for _, values in steps]
+        series["memorisation"] = [clean] + [measure(memorise(base, train, f, seed))[0] for f in SET_LEVELS]
+        series["mode_collapse"] = [clean] + [measure(mode_collapse(base, f, seed))[0] for f in SET_LEVELS]
         rho: dict[str, dict[str, float]] = {}
         for metric in clean:
             for pert, values in series.items():
@@ -275,11 +301,12 @@ class QualityValidator:
                 r = stats.spearmanr(np.arange(len(v)), v).statistic if np.ptp(v) > 0 and np.isfinite(v).all() else 0.0
                 rho.setdefault(metric, {})[pert] = float(r) if np.isfinite(r) else 0.0
         undefined_clean = sorted(m for m, v in clean.items() if not np.isfinite(v))
-        return rho, int(sum(ventricles(im).any() for im in base)), undefined_clean
+        per_sample = SelfTestPerSample(*per_sample_matrices(slice_series))
+        return rho, int(sum(ventricles(im).any() for im in base)), undefined_clean, per_sample
 
 
 #: bump when the self-test's perturbations, their levels or the measures change (cached results go stale)
-SELF_TEST_FORMAT = 1
+SELF_TEST_FORMAT = 2  # 2: FWHM, INU and QI1
 
 
 def _self_test_key(real: ImageSet, train: ImageSet, holdout: ImageSet | None, extractor, scorer,
@@ -293,22 +320,67 @@ def _self_test_key(real: ImageSet, train: ImageSet, holdout: ImageSet | None, ex
                      params=params.model_dump(mode="json"), seed=seed)
 
 
-def _self_test_arrays(rho: dict[str, dict[str, float]], with_ventricles: int, undefined: list[str]) -> dict:
-    metrics, perts = list(rho), list(next(iter(rho.values())))
-    return {"metrics": np.array(metrics, dtype=str), "perturbations": np.array(perts, dtype=str),
-            "rho": np.array([[rho[m][p] for p in perts] for m in metrics], dtype=float),
+#: what a rule's ``guards`` may name: a perturbation of the self-test, or the kind of failure it stands for
+FAMILIES = tuple(PERTURBATIONS) + tuple(sorted({p.kind for p in PERTURBATIONS.values()}))
+
+
+def _unseen_per_sample(test: "SelfTestPerSample", params: QualityParams) -> dict[str, dict[str, str | None]]:
+    """For each per-sample metric (as its ``*_mean`` rule metric), every failure family: None where it sees it
+    slice by slice, else why not; a rule that ``guards`` an unseen one is downgraded (unless pinned)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for metric, row in test.rho.items():
+        seen = {p for p, r in row.items()
+                if sees(r, test.monotonic[metric][p], BETTER.get(metric, 0), params.sensitivity_threshold,
+                        params.per_sample_monotonic)}
+        seen |= {PERTURBATIONS[p].kind for p in seen}
+        out[f"{metric}_mean"] = {
+            family: None if family in seen else (
+                f"per sample it does not see {family}: no perturbation of that family reaches |rho| >= "
+                f"{params.sensitivity_threshold:g} over slices x severities with {params.per_sample_monotonic:.0%} "
+                "of the slices monotonic, in the worsening direction")
+            for family in FAMILIES}
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfTestPerSample:
+    """The per-sample matrices: pooled Spearman rho over slices x severities, and the share of slices
+    that move monotonically with severity (sensitivity.per_sample_matrices)."""
+
+    rho: dict[str, dict[str, float]]
+    monotonic: dict[str, dict[str, float]]
+
+
+def _matrix_arrays(prefix: str, m: dict[str, dict[str, float]]) -> dict:
+    metrics, perts = list(m), list(next(iter(m.values()))) if m else []
+    return {f"{prefix}metrics": np.array(metrics, dtype=str), f"{prefix}perturbations": np.array(perts, dtype=str),
+            f"{prefix}values": np.array([[m[a][b] for b in perts] for a in metrics], dtype=float).reshape(
+                len(metrics), len(perts))}
+
+
+def _matrix_from_arrays(prefix: str, a: dict) -> dict[str, dict[str, float]] | None:
+    perts, metrics = [str(p) for p in a[f"{prefix}perturbations"]], [str(m) for m in a[f"{prefix}metrics"]]
+    values = np.asarray(a[f"{prefix}values"], dtype=float)
+    if values.shape != (len(metrics), len(perts)) or not perts or not np.isfinite(values).all():
+        return None
+    return {m: {p: float(v) for p, v in zip(perts, row)} for m, row in zip(metrics, values)}
+
+
+def _self_test_arrays(rho: dict[str, dict[str, float]], with_ventricles: int, undefined: list[str],
+                      per_sample: SelfTestPerSample) -> dict:
+    return {**_matrix_arrays("", rho), **_matrix_arrays("ps_rho_", per_sample.rho),
+            **_matrix_arrays("ps_mono_", per_sample.monotonic),
             "with_ventricles": np.array([with_ventricles]), "undefined": np.array(undefined, dtype=str)}
 
 
-def _self_test_from_arrays(a: dict) -> tuple[dict[str, dict[str, float]], int, list[str]] | None:
+def _self_test_from_arrays(a: dict) -> tuple[dict[str, dict[str, float]], int, list[str], SelfTestPerSample] | None:
     """The cached result, or None (recompute) when an authentic entry is not a whole one."""
     try:
-        perts, metrics = [str(p) for p in a["perturbations"]], [str(m) for m in a["metrics"]]
-        values = np.asarray(a["rho"], dtype=float)
-        if values.shape != (len(metrics), len(perts)) or not perts or not np.isfinite(values).all():
+        parts = [_matrix_from_arrays(prefix, a) for prefix in ("", "ps_rho_", "ps_mono_")]
+        if any(p is None for p in parts):
             return None
-        rho = {m: {p: float(v) for p, v in zip(perts, row)} for m, row in zip(metrics, values)}
-        return rho, int(a["with_ventricles"][0]), [str(m) for m in a["undefined"]]
+        rho, ps_rho, ps_mono = parts
+        return rho, int(a["with_ventricles"][0]), [str(m) for m in a["undefined"]], SelfTestPerSample(ps_rho, ps_mono)
     except (KeyError, IndexError, TypeError, ValueError):
         return None
 
