@@ -115,6 +115,13 @@ def _png_header(im) -> tuple[tuple[int, ...], int]:
     return (height, width), per_band * len(im.getbands())
 
 
+def check_file_size(path: Path, limits: ReadLimits) -> None:
+    """Refuse a file larger on disk than ``limits.max_file_bytes``, before any of it is read."""
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise LimitExceeded(f"{one_line(path)}: file is {size} bytes, over the limit of {limits.max_file_bytes}")
+
+
 def check_declared(path: Path, shape: tuple[int, ...], itemsize: int, limits: ReadLimits, spent: int = 0) -> int:
     """Refuse what a header declares past the limits, before anything is decoded; the decoded bytes.
     ``spent``: the decoded bytes of the files of the same set read before this one."""
@@ -146,10 +153,7 @@ def read_array(path: Path, raw: bool = False, limits: ReadLimits = DEFAULT_LIMIT
     :func:`check_declared`)."""
     kind = _suffix(path)
     try:
-        size = path.stat().st_size
-        if size > limits.max_file_bytes:
-            raise LimitExceeded(f"{one_line(path)}: file is {size} bytes, over the limit of "
-                                f"{limits.max_file_bytes}")
+        check_file_size(path, limits)
         if kind == ".npy":
             decoded = check_declared(path, *_npy_header(path), limits, spent)
             arr = np.load(path, allow_pickle=False)
@@ -213,8 +217,21 @@ def list_entries(folder: Path, name: str, limits: ReadLimits, extra: tuple[str, 
     return sorted(entries)
 
 
-def _list_images(folder: Path, name: str, limits: ReadLimits) -> list[Path]:
-    return list_entries(folder, name, limits)
+def pair_labels(image_names: list[str], folder: Path, name: str, limits: ReadLimits,
+                extra: tuple[str, ...] = ()) -> dict[str, Path]:
+    """The label file of each image name in ``folder`` (``labels/``, the same file names); a missing or an
+    extra label file is an error naming it. ``extra``: as :func:`list_entries`."""
+    by_name = {p.name: p for p in list_entries(folder, f"{name} labels", limits, extra)}
+    missing = [n for n in image_names if n not in by_name]
+    if missing:
+        raise InputError(f"{one_line(folder)}: no label file for {len(missing)} {name} image(s), e.g. "
+                         f"{one_line(missing[0])} "
+                         "(labels/ must hold a file of the same name for each image)")
+    unmatched = sorted(set(by_name) - set(image_names))
+    if unmatched:
+        raise InputError(f"{one_line(folder / unmatched[0])}: a label file without an image in "
+                         f"{one_line(folder.parent / 'images')}")
+    return by_name
 
 
 def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> ImageSet:
@@ -229,7 +246,7 @@ def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAUL
         if not (folder / "labels").is_dir():
             return images
         return _with_labels(images, folder / "labels", name, limits)
-    files = _list_images(folder, name, limits)
+    files = list_entries(folder, name, limits)
     if not files:
         raise InputError(f"{one_line(folder)}: {name} folder holds no images ({', '.join(SUFFIXES)})")
     ids: list[str] = []
@@ -300,17 +317,8 @@ def image_reader() -> Any:
 
 def _with_labels(images: ImageSet, folder: Path, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> ImageSet:
     """Attach the label maps in ``folder`` (same file names as the images) to ``images``."""
-    by_name = {p.name: p for p in _list_images(folder, f"{name} labels", limits)}
     image_files = [Path(e.path) for e in images.manifest]
-    missing = [p.name for p in image_files if p.name not in by_name]
-    if missing:
-        raise InputError(f"{one_line(folder)}: no label file for {len(missing)} {name} image(s), e.g. "
-                         f"{one_line(missing[0])} "
-                         "(labels/ must hold a file of the same name for each image)")
-    extra = sorted(set(by_name) - {p.name for p in image_files})
-    if extra:
-        raise InputError(f"{one_line(folder / extra[0])}: a label file without an image in "
-                         f"{one_line(folder.parent / 'images')}")
+    by_name = pair_labels([p.name for p in image_files], folder, name, limits)
     maps: list[np.ndarray] = []
     manifest = list(images.manifest)
     spent = 0

@@ -1,6 +1,6 @@
 """Does a passing candidate score worse than the version that holds the alias it would take? Compared on
-the policy's block rules that carry a ``regression_tolerance``, each in its own direction (an upper bound: lower is better; a lower bound: higher
-is better), against the champion's last validation as MLflow recorded it (``CHECK.METRIC`` run metrics).
+the policy's block rules that carry a ``regression_tolerance``, each in its own direction (an upper bound:
+lower is better; a lower bound: higher is better), against the champion's last validation as MLflow recorded it (``CHECK.METRIC`` run metrics).
 Pure: the registry lookup is :func:`gate.recording.champion_record`."""
 
 from __future__ import annotations

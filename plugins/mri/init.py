@@ -79,11 +79,11 @@ def fitted_policy(train: Path, holdout: Path | None, out: Path,
             notes.append(f"the holdout has {len(holdout_set)} images ({subjects} subjects by name); the default's "
                          f"power (5 % copying refused in 93 % of seeds at 64 samples) was measured with "
                          f"{MEASURED_HOLDOUT} (4 subjects): with fewer the check may refuse to vouch and say what it needs")
-    labelled = train_set.labels is not None and holdout_set is not None and holdout_set.labels is not None
+    which = [name for name, s in (("train", train_set), ("holdout", holdout_set)) if s is None or s.labels is None]
+    labelled = not which
     if labels and not labelled:
         from gate.errors import InputError
 
-        which = [name for name, s in (("train", train_set), ("holdout", holdout_set)) if s is None or s.labels is None]
         raise InputError(f"--labels: {' and '.join(which)} {'has' if len(which) == 1 else 'have'} no labels/ folder "
                          "(a labelled set holds images/ and labels/ with the same file names)")
     if labels is False and labelled:
@@ -91,7 +91,6 @@ def fitted_policy(train: Path, holdout: Path | None, out: Path,
         spec.yaml_add_eol_comment("segmentation left out: --no-labels", "checks")
         notes.append("segmentation check left out (--no-labels), although the sets are labelled")
     elif not labelled:
-        which = [name for name, s in (("train", train_set), ("holdout", holdout_set)) if s is None or s.labels is None]
         checks[:] = [c for c in checks if c["validator"] != "segmentation"]
         spec.yaml_add_eol_comment(f"segmentation left out: {' and '.join(which)} have no labels/ folder",
                                   "checks")

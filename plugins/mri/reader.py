@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from gate.errors import InputError, LimitExceeded
-from gate.imageio import (READER_SUFFIXES, ReadLimits, check_declared, check_image, is_label_map, list_entries,
-                          nifti_header, read_array, sha256_file)
+from gate.imageio import (READER_SUFFIXES, ReadLimits, check_declared, check_file_size, check_image, is_label_map,
+                          list_entries, nifti_header, pair_labels, read_array, sha256_file)
 from gate.imageset import ImageSet, ManifestEntry
 from gate.textsafe import one_line
 
@@ -63,7 +63,8 @@ class MriReader:
         entries = list_entries(folder, name, limits, extra=READER_SUFFIXES)
         if not entries:
             raise InputError(f"{one_line(folder)}: {name} folder holds no images")
-        label_of = _label_files(entries, labels_dir, name, limits) if labels_dir else {}
+        label_of = pair_labels([p.name for p in entries], labels_dir, name, limits, READER_SUFFIXES) \
+            if labels_dir else {}
         # a 2D file of a later set must already be on the train grid: it has no spacing to resample by
         grid_2d = tuple(grid) if grid is not None and preprocess.size is not None else None
         parts: list[_Slices] = []
@@ -108,13 +109,7 @@ class MriReader:
 
     def _read_entry(self, path: Path, label_path: Path | None, preprocess: Any, limits: ReadLimits,
                     spent: list[int], grid_2d: tuple[int, ...] | None, label_spent: list[int]) -> _Slices:
-        try:
-            kind = _kind(path, limits)
-        except (InputError, LimitExceeded):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a corrupt header is one clear line
-            raise InputError(f"{one_line(path)}: cannot read image header: {type(exc).__name__}: {one_line(exc)}") \
-                from None
+        kind = _kind(path, limits)
         if kind == "2d":
             arr, decoded = read_array(path, limits=limits, spent=spent[0])
             spent[0] += decoded
@@ -134,15 +129,8 @@ class MriReader:
         volume, axcodes, zooms, affine = _load_volume(path, kind, preprocess, limits, spent)
         label_volume = None
         if label_path is not None:
-            try:
-                label_kind = _kind(label_path, limits)
-            except (InputError, LimitExceeded):
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise InputError(f"{one_line(label_path)}: cannot read label header: {type(exc).__name__}: "
-                                 f"{one_line(exc)}") from None
-            label_volume, _, _, label_affine = _load_volume(label_path, label_kind, preprocess, limits, label_spent,
-                                                            label=True)
+            label_volume, _, _, label_affine = _load_volume(label_path, _kind(label_path, limits), preprocess, limits,
+                                                            label_spent, label=True)
             if label_volume.shape != volume.shape:
                 raise InputError(f"{one_line(label_path)}: label volume is {label_volume.shape} on the policy's grid "
                                  f"but its image is {volume.shape}")
@@ -155,12 +143,19 @@ class MriReader:
 
 
 def _kind(path: Path, limits: ReadLimits) -> str:
-    """"2d", "nifti" (a volume) or "dicom" (a file or a series folder), from the name and the header."""
+    """"2d", "nifti" (a volume) or "dicom" (a file or a series folder), from the name and the header; a
+    header that cannot be read is one clear line."""
     name = path.name.lower()
     if path.is_dir() or path.suffix.lower() in READER_SUFFIXES:
         return "dicom"
     if name.endswith((".nii", ".nii.gz")):
-        shape, _ = nifti_header(path, limits)
+        try:
+            shape, _ = nifti_header(path, limits)
+        except (InputError, LimitExceeded):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a corrupt header is one clear line
+            raise InputError(f"{one_line(path)}: cannot read image header: {type(exc).__name__}: "
+                             f"{one_line(exc)}") from None
         return "nifti" if len([n for n in shape if n > 1]) >= 3 else "2d"  # (X, Y) and (X, Y, 1): one slice
     return "2d"
 
@@ -175,9 +170,7 @@ def _load_volume(path: Path, kind: str, preprocess: Any, limits: ReadLimits, spe
 
     try:
         if kind == "nifti":
-            if path.stat().st_size > limits.max_file_bytes:
-                raise LimitExceeded(f"{one_line(path)}: file is {path.stat().st_size} bytes, over the limit of "
-                                    f"{limits.max_file_bytes}")
+            check_file_size(path, limits)
             shape, itemsize = nifti_header(path, limits)
             shape = tuple(n for n in shape if n > 1) if len(shape) > 3 else shape
             if len(shape) != 3:
@@ -255,9 +248,7 @@ def _dicom_declared(path: Path, limits: ReadLimits) -> tuple[tuple[int, ...], in
     else:
         files = [path]
     for f in files:
-        size = f.stat().st_size
-        if size > limits.max_file_bytes:
-            raise LimitExceeded(f"{one_line(f)}: file is {size} bytes, over the limit of {limits.max_file_bytes}")
+        check_file_size(f, limits)
     if not files:
         raise InputError(f"{one_line(path)}: an empty folder (a DICOM series folder holds .dcm files)")
     if len(files) > limits.max_files:
@@ -339,18 +330,6 @@ def _label_map(lab: np.ndarray, path: Path, shape: tuple[int, ...]) -> np.ndarra
     if lab.ndim != 2 or lab.shape != shape or not is_label_map(lab):
         raise InputError(f"{one_line(path)}: a label map must be non-negative integers of its image's size {shape}")
     return lab.astype(np.int64)
-
-
-def _label_files(entries: list[Path], labels_dir: Path, name: str, limits: ReadLimits) -> dict[str, Path]:
-    by_name = {p.name: p for p in list_entries(labels_dir, f"{name} labels", limits, extra=READER_SUFFIXES)}
-    missing = [p.name for p in entries if p.name not in by_name]
-    if missing:
-        raise InputError(f"{one_line(labels_dir)}: no label file for {len(missing)} {name} image(s), e.g. "
-                         f"{one_line(missing[0])} (labels/ must hold a file of the same name for each image)")
-    extra = sorted(set(by_name) - {p.name for p in entries})
-    if extra:
-        raise InputError(f"{one_line(labels_dir / extra[0])}: a label file without an image")
-    return by_name
 
 
 def _manifest(path: Path, limits: ReadLimits) -> list[ManifestEntry]:
