@@ -1,7 +1,8 @@
-"""MRIQC-style image-quality measures adapted to 2D slices (formulas after mriqc/qc/anatomical.py).
+"""MRIQC-style image-quality measures adapted to 2D slices and 3D volumes (formulas after
+mriqc/qc/anatomical.py).
 
-Every function takes a float image and boolean masks and returns a finite float. Where a measure is
-undefined on an image (no background, an empty tissue class, a constant image) it returns the
+Every function takes a float image (2D or 3D) and boolean masks and returns a finite float. Where a
+measure is undefined on an image (no background, an empty tissue class, a constant image) it returns the
 documented sentinel ``-1.0`` (as MRIQC does for FBER), never NaN and never raises.
 """
 
@@ -132,7 +133,7 @@ def wm2max(img: np.ndarray, wm: np.ndarray) -> float:
 
 def fwhm(img: np.ndarray, head: np.ndarray) -> float:
     """Smoothness: the full width at half maximum of a Gaussian kernel that would give the image's spatial
-    autocorrelation, in pixels, averaged over the two axes. AFNI's classic 3dFWHMx estimate (Forman et al.
+    autocorrelation, in pixels, averaged over the image's axes (two for a slice, three for a volume). AFNI's classic 3dFWHMx estimate (Forman et al.
     1995), which MRIQC reports as ``fwhm_avg``: from the variance of first differences against the variance,
     over neighbours that both lie in the head. Higher is smoother (blur raises it)."""
     img = np.asarray(img, dtype=np.float64)
@@ -140,7 +141,7 @@ def fwhm(img: np.ndarray, head: np.ndarray) -> float:
     if var <= 0:
         return UNDEFINED
     widths = []
-    for axis in (0, 1):
+    for axis in range(img.ndim):
         a, b = [np.take(x, range(0, x.shape[axis] - 1), axis=axis) for x in (img, head)]
         a2, b2 = [np.take(x, range(1, x.shape[axis]), axis=axis) for x in (img, head)]
         both = b & b2
@@ -153,51 +154,139 @@ def fwhm(img: np.ndarray, head: np.ndarray) -> float:
     return float(np.mean(widths))
 
 
-def inu(img: np.ndarray, head: np.ndarray, shrink: int = 4, iterations: tuple[int, ...] = (20, 20)) -> tuple[float, float]:
-    """Intensity non-uniformity: the median and the 5-95 percentile range (over the median) of the bias field that N4
-    (SimpleITK's ``N4BiasFieldCorrectionImageFilter``, Tustison et al. 2010) estimates inside the head, as
-    MRIQC's ``inu_med`` and ``inu_range``. A flat field is 1 with range 0; a bias field widens the range."""
+#: N4's settings for the per-sample field. A slice carries too few voxels for N4's defaults (one B-spline span,
+#: a narrow bias FWHM) to separate a smooth field from anatomy: 6 control points per axis (3 spans) and a bias
+#: FWHM of 0.3 let it follow a field that varies across the head, on a grid of about 32 voxels per axis (the
+#: field is smooth, so a coarse grid loses nothing and keeps the cost per slice near 50 ms).
+N4_CONTROL_POINTS = 6
+N4_BIAS_FWHM = 0.3
+N4_GRID = 32
+N4_ITERATIONS = (10, 10)
+
+
+def inu(img: np.ndarray, head: np.ndarray) -> tuple[float, float, float]:
+    """Intensity non-uniformity from the bias field that N4 (SimpleITK's ``N4BiasFieldCorrectionImageFilter``,
+    Tustison et al. 2010) estimates inside the head: its median and its 5-95 percentile range over the median
+    (MRIQC's ``inu_med`` and ``inu_range``), and the standard deviation of its logarithm (``inu_sd``: the
+    field's spread, free of its arbitrary scale). A flat field has range and sd 0; a bias field raises both."""
     import SimpleITK as sitk
 
     if head.sum() < 64:
-        return UNDEFINED, UNDEFINED
+        return UNDEFINED, UNDEFINED, UNDEFINED
     x = np.asarray(img, dtype=np.float64)
-    lo, hi = float(x[head].min()), float(x[head].max())
-    if hi <= lo:
-        return UNDEFINED, UNDEFINED
-    # N4 fits a log field to positive intensities: map the head's range onto [1, 2], whatever the scale
-    scaled = sitk.GetImageFromArray((1 + np.clip((x - lo) / (hi - lo), 0, 1)).astype(np.float32))
+    top = float(np.percentile(x[head], 99))
+    if not top > 0 or float(x[head].min()) >= top:
+        return UNDEFINED, UNDEFINED, UNDEFINED
+    # N4 models a multiplicative field on positive intensities: divide (never shift) so the field is kept
+    scaled = sitk.GetImageFromArray(np.clip(x / top, 1e-3, None).astype(np.float32))
     mask = sitk.GetImageFromArray(head.astype(np.uint8))
-    small, small_mask = sitk.Shrink(scaled, [shrink] * 2), sitk.Shrink(mask, [shrink] * 2)
+    shrink = [max(1, n // N4_GRID) for n in reversed(x.shape)]
+    small, small_mask = sitk.Shrink(scaled, shrink), sitk.Shrink(mask, shrink)
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
-    n4.SetMaximumNumberOfIterations(list(iterations))
+    n4.SetMaximumNumberOfIterations(list(N4_ITERATIONS))
+    n4.SetNumberOfControlPoints([N4_CONTROL_POINTS] * x.ndim)
+    n4.SetBiasFieldFullWidthAtHalfMaximum(N4_BIAS_FWHM)
+    n4.SetNumberOfThreads(1)  # the samples are measured in parallel instead (validator.WORKERS)
     try:
         n4.Execute(small, small_mask)
-        field = np.exp(sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(scaled)))[head]
+        log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(scaled))[head].astype(np.float64)
     except RuntimeError:  # ITK refuses a mask it cannot fit (too few voxels at this shrink): undefined
-        return UNDEFINED, UNDEFINED
-    if not np.isfinite(field).all():
-        return UNDEFINED, UNDEFINED
+        return UNDEFINED, UNDEFINED, UNDEFINED
+    if not np.isfinite(log_field).all():
+        return UNDEFINED, UNDEFINED, UNDEFINED
+    field = np.exp(log_field)
     p5, p50, p95 = np.percentile(field, [5, 50, 95])
     # the range relative to the median: N4's field has no absolute scale, its spread across the head does
-    return float(p50), float((p95 - p5) / p50) if p50 > 0 else UNDEFINED
+    return float(p50), float((p95 - p5) / p50) if p50 > 0 else UNDEFINED, float(log_field.std())
 
 
-def qi1(img: np.ndarray, head: np.ndarray) -> float:
-    """Share of the background (air) that carries artefactual signal, after Mortamet et al. (2009) as
-    MRIQC's ``qi_1``: air pixels above the air's robust noise level (median + 3 MADs, at least 1 % of the
-    head's 99th percentile) that survive a binary opening (structure, not isolated noise pixels). Ghosts
-    and motion smear the head into the air and raise it; lower is better."""
+#: Immerkaer's 3x3 mask: the difference of two Laplacians, blind to any locally linear (smooth) signal
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
+
+
+def noise_level(img: np.ndarray, head: np.ndarray) -> float:
+    """Noise inside the head relative to its median intensity (lower is better): Immerkaer's (1996) estimate of
+    the noise standard deviation from the image filtered by a mask that cancels smooth signal, made robust to
+    the anatomy's edges with the median absolute response (the mask's gain is 6); a volume is filtered in the
+    planes across its first axis and pooled. It needs no background, so it works on skull-stripped images where SNR-Dietrich and
+    QI2 cannot; blur lowers it (a smoothed image looks less noisy), which the self-test reports."""
+    x = np.asarray(img, dtype=np.float64)
+    inner = ndi.binary_erosion(head, iterations=2)
+    kernel = _IMMERKAER if x.ndim == 2 else _IMMERKAER[None]
+    if inner.sum() < 16:
+        return UNDEFINED
+    response = ndi.convolve(x, kernel, mode="nearest")[inner]
+    level = float(np.median(x[inner]))
+    if not level > 0:
+        return UNDEFINED
+    return float(1.4826 * np.median(np.abs(response)) / 6 / level)
+
+
+def _air_and_artefacts(img: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The air (outside the head dilated by 3 voxels) and the part of it that carries structured signal: above
+    the air's robust noise level (median + 3 MADs, at least 1 % of the head's 99th percentile) and surviving a
+    binary opening (structure, not isolated noise voxels), after Mortamet et al. (2009). None without air."""
     img = np.asarray(img, dtype=np.float64)
     air_mask = ~ndi.binary_dilation(head, iterations=3)
     if air_mask.sum() < 64 or not head.any():
-        return UNDEFINED
+        return None
     air = img[air_mask]
     med = float(np.median(air))
     level = max(med + 3 * 1.4826 * float(np.median(np.abs(air - med))),
                 med + 0.01 * float(np.percentile(np.abs(img[head]), 99)))
-    artefact = ndi.binary_opening(air_mask & (img > level), iterations=1)
+    return air_mask, ndi.binary_opening(air_mask & (img > level), iterations=1)
+
+
+def qi1(img: np.ndarray, head: np.ndarray) -> float:
+    """Share of the background (air) that carries artefactual signal, after Mortamet et al. (2009) as
+    MRIQC's ``qi_1``. Ghosts and motion smear the head into the air and raise it; lower is better."""
+    found = _air_and_artefacts(img, head)
+    if found is None:
+        return UNDEFINED
+    air_mask, artefact = found
     return float(artefact.sum() / air_mask.sum())
+
+
+#: degrees of freedom tried for the air's chi distribution: 2 x the number of receiver coils (1 to 32)
+_CHI_DOF = np.arange(2, 66, 2)
+
+
+def qi2(img: np.ndarray, head: np.ndarray, min_voxels: int = 1000, max_voxels: int = 20000) -> float:
+    """Mortamet's QI2 as MRIQC's ``qi_2``: how far the artefact-free air departs from the noise-only
+    distribution a magnitude image has there, a central chi distribution with 2n degrees of freedom (n coils).
+    The chi is fitted by maximum likelihood (scale in closed form for each n, n picked by likelihood, no
+    offset: air carries no signal); QI2 is the mean absolute difference between the air's histogram and the
+    fitted density to the right of the mode's half maximum, where structured signal and ghosts fall. The
+    intensities are divided by the fitted scale first, so QI2 does not depend on the image's units (MRIQC's
+    raw-unit densities do). In [0, 1]; lower is better; undefined with fewer than ``min_voxels`` air voxels
+    above zero (a skull-stripped image has none)."""
+    from scipy import stats
+
+    found = _air_and_artefacts(img, head)
+    if found is None:
+        return UNDEFINED
+    air_mask, artefact = found
+    data = np.asarray(img, dtype=np.float64)[air_mask & ~artefact]
+    data = data[data > 0]
+    if data.size < min_voxels:
+        return UNDEFINED
+    if data.size > max_voxels:  # a regular subsample: deterministic, and the fit costs no more on a volume
+        data = data[:: int(np.ceil(data.size / max_voxels))]
+    m2, logs = float(np.mean(data ** 2)), float(np.mean(np.log(data)))
+    # per dof k the MLE of the scale is sqrt(E[x^2] / k); the log likelihood then depends on k only through this
+    scales = np.sqrt(m2 / _CHI_DOF)
+    loglik = [float(np.mean(stats.chi.logpdf(data, k, scale=sc))) for k, sc in zip(_CHI_DOF, scales)]
+    best = int(np.argmax(loglik))
+    if not np.isfinite(loglik[best]):
+        return UNDEFINED
+    z = data / scales[best]
+    hist, edges = np.histogram(z, bins="doane", range=(0.0, float(np.percentile(z, 99.9))), density=True)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fitted = stats.chi.pdf(centres, _CHI_DOF[best])
+    mode = int(np.argmax(hist))
+    right = np.nonzero(hist[mode + 1:] < hist[mode] / 2)[0]
+    start = mode + 1 + int(right[0]) if right.size else len(hist) - 1
+    return float(np.clip(np.abs(hist[start:] - fitted[start:]).mean(), 0.0, 1.0))
 
 
 def is_degenerate(img: np.ndarray, min_foreground: float = 0.01) -> bool:
@@ -216,17 +305,118 @@ def defined_mean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+TISSUES = ("csf", "gm", "wm")
+SUMMARY_STATS = ("mean", "stdv", "median", "mad", "p05", "p95", "k", "n")
+
+
+def tissue_posteriors(img: np.ndarray, t: Tissues) -> np.ndarray | None:
+    """Soft tissue maps [CSF, GM, WM] (each voxel's class probabilities, 0 outside the head), the partial-volume
+    maps MRIQC takes from FSL FAST: the posterior of a three-class Gaussian mixture of the head's intensities
+    whose parameters (proportion, mean, sd per class) are those of the intensity classes of ``t``, i.e. one
+    E-step after a classification step (Bayes' rule with ``scipy.stats.norm``; deterministic, a few ms where a
+    fitted mixture costs tens). None where a class has fewer than 4 voxels or no spread."""
+    from scipy import stats
+
+    x = np.asarray(img, dtype=np.float64)
+    classes = [t.csf, t.gm, t.wm]
+    if any(c.sum() < 4 for c in classes) or any(x[c].std() <= 0 for c in classes):
+        return None
+    values = x[t.head]
+    total = sum(float(c.sum()) for c in classes)
+    # log densities, so that a voxel far out in every class's tail still gets a defined posterior
+    logp = np.stack([np.log(c.sum() / total) + stats.norm.logpdf(values, x[c].mean(), x[c].std()) for c in classes])
+    logp -= logp.max(axis=0)
+    weights = np.exp(logp)
+    post = np.zeros((3,) + x.shape)
+    post[:, t.head] = weights / weights.sum(axis=0)
+    return post
+
+
+def rpve(post: np.ndarray | None, head: np.ndarray) -> dict[str, float]:
+    """Residual partial-volume error per tissue, after MRIQC's ``rpve_*``: over the voxels whose most probable
+    class is k, the mean membership left to the other classes, 1 - p_k, with the 2 % most extreme values of
+    p_k trimmed at each end. Crisp tissue gives 0; blur and noise mix the classes and raise it. Lower is better."""
+    if post is None:
+        return {f"rpve_{k}": UNDEFINED for k in TISSUES}
+    seg = np.argmax(post, axis=0)
+    out = {}
+    for i, k in enumerate(TISSUES):
+        p = post[i][head & (seg == i)]
+        if p.size < 4:
+            out[f"rpve_{k}"] = UNDEFINED
+            continue
+        lo, hi = np.percentile(p, [2, 98])
+        kept = p[(p >= lo) & (p <= hi)]
+        out[f"rpve_{k}"] = float((1 - kept).mean())
+    return out
+
+
+def tpm_overlap(post: np.ndarray | None, labels: np.ndarray | None) -> dict[str, float]:
+    """Overlap of the tissue maps the image's intensities give with the tissue maps it should have, after
+    MRIQC's ``overlap_*``: the fuzzy Jaccard index sum(min(P, T)) / sum(max(P, T)) per tissue. MRIQC's T is the
+    MNI template's prior registered to the image; here it is the sample's own label map (1 CSF, 2 GM, 3 WM),
+    so it measures whether the image's tissue contrast agrees with the anatomy it is labelled with. Higher is
+    better; undefined without labels."""
+    if post is None or labels is None:
+        return {f"tpm_{k}": UNDEFINED for k in TISSUES}
+    out = {}
+    for i, k in enumerate(TISSUES):
+        truth = (labels == i + 1).astype(np.float64)
+        union = np.maximum(post[i], truth).sum()
+        out[f"tpm_{k}"] = float(np.minimum(post[i], truth).sum() / union) if union > 0 else UNDEFINED
+    return out
+
+
+def summary_stats(img: np.ndarray, t: Tissues) -> dict[str, float]:
+    """MRIQC's ``summary_{bg,csf,gm,wm}_{mean,stdv,median,mad,p05,p95,k,n}``: the intensity distribution of each
+    tissue (its mask eroded once, as MRIQC erodes, unless that empties it) and of the air (outside the head
+    dilated by 3 voxels). Descriptive: no side is better; ``k`` is the excess kurtosis, ``n`` the voxel count.
+    An empty region gives the sentinel for each statistic (and n 0)."""
+    from scipy import stats
+
+    x = np.asarray(img, dtype=np.float64)
+    regions = {"bg": ~ndi.binary_dilation(t.head, iterations=3), "csf": t.csf, "gm": t.gm, "wm": t.wm}
+    out: dict[str, float] = {}
+    for name, mask in regions.items():
+        eroded = ndi.binary_erosion(mask) if name != "bg" else mask
+        v = x[eroded if eroded.sum() >= 4 else mask]
+        if v.size < 4:
+            out.update({f"summary_{name}_{s}": UNDEFINED for s in SUMMARY_STATS})
+            out[f"summary_{name}_n"] = float(v.size)
+            continue
+        med = float(np.median(v))
+        kurt = float(stats.kurtosis(v)) if np.ptp(v) > 0 else UNDEFINED
+        p05, p95 = np.percentile(v, [5, 95])
+        out.update({f"summary_{name}_mean": float(v.mean()), f"summary_{name}_stdv": float(v.std()),
+                    f"summary_{name}_median": med, f"summary_{name}_mad": float(1.4826 * np.median(np.abs(v - med))),
+                    f"summary_{name}_p05": float(p05), f"summary_{name}_p95": float(p95),
+                    f"summary_{name}_k": kurt if np.isfinite(kurt) else UNDEFINED, f"summary_{name}_n": float(v.size)})
+    return out
+
+
+#: the quality measures, in the order of the samples table
+MEASURES = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max", "fwhm", "noise", "inu_med", "inu_range",
+            "inu_sd", "qi1", "qi2") + tuple(f"rpve_{k}" for k in TISSUES) + tuple(f"tpm_{k}" for k in TISSUES)
+#: descriptive statistics per region (no better side, no self-test)
+SUMMARIES = tuple(f"summary_{r}_{s}" for r in ("bg",) + TISSUES for s in SUMMARY_STATS)
+
+
 def all_iqms(img: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
-    """Every measure for one image; all values finite."""
+    """Every measure (``MEASURES``) and summary statistic (``SUMMARIES``) for one slice or volume; all finite.
+    ``labels`` (1 CSF, 2 GM, 3 WM, 0 elsewhere), when given, are the tissue masks and the truth of TPM overlap."""
     img = np.asarray(img, dtype=np.float64)
     t = estimate_tissues(img, labels)
     tissue_snr = [snr(img, m) for m in (t.csf, t.gm, t.wm) if m.sum() >= 2]
     tissue_snr = [v for v in tissue_snr if v != UNDEFINED]
-    inu_med, inu_range = inu(img, t.head)
+    inu_med, inu_range, inu_sd = inu(img, t.head)
+    # the soft maps come from the intensities alone, so that with labels TPM overlap tests the image against them
+    post = tissue_posteriors(img, t if labels is None else estimate_tissues(img))
     return {
         # as MRIQC's snr_total: the mean of the per-tissue SNRs (tissue contrast is not noise)
         "snr": float(np.mean(tissue_snr)) if tissue_snr else UNDEFINED, "snr_dietrich": snr_dietrich(img, t.head, t.head),
         "cnr": cnr(img, t.gm, t.wm, t.head), "cjv": cjv(img, t.gm, t.wm), "efc": efc(img),
-        "fber": fber(img, t.head), "wm2max": wm2max(img, t.wm),
-        "fwhm": fwhm(img, t.head), "inu_med": inu_med, "inu_range": inu_range, "qi1": qi1(img, t.head),
+        "fber": fber(img, t.head), "wm2max": wm2max(img, t.wm), "fwhm": fwhm(img, t.head),
+        "noise": noise_level(img, t.head), "inu_med": inu_med, "inu_range": inu_range, "inu_sd": inu_sd,
+        "qi1": qi1(img, t.head), "qi2": qi2(img, t.head), **rpve(post, t.head), **tpm_overlap(post, labels),
+        **summary_stats(img, t),
     }

@@ -5,6 +5,8 @@ meant to catch. A metric that sees none of them cannot block (its block rules wa
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -30,14 +32,18 @@ from gate_plugins.quality.pyiqa_metrics import SUPPORTED, PyiqaScorer, missing_w
 from gate_plugins.quality.sensitivity import per_sample_matrices, sees
 from gate_plugins.quality.perturbations import PERTURBATIONS, memorise, mode_collapse, ventricles
 
-IQMS = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max", "fwhm", "inu_med", "inu_range", "qi1")
+IQMS = iqms.MEASURES
 SET_METRICS = ("fid", "kid", "mmd", "precision", "recall", "density", "coverage")
 # +1: higher is better, -1: lower is better (WM2MAX and entropy have no better side)
-# (FWHM: sharper is better; INU's median has no better side, its range does; QI1: less artefact in the air)
-BETTER = {"snr": 1, "snr_dietrich": 1, "cnr": 1, "cjv": -1, "efc": -1, "fber": 1, "fwhm": -1, "inu_range": -1,
-          "qi1": -1, "niqe": -1, "fid": -1, "kid": -1,
+# (FWHM: sharper is better; INU's median has no better side, its range and sd do; QI1, QI2: less artefact in the
+# air; noise and rPVE: less; TPM overlap: more agreement with the labels; the summary statistics have no side)
+BETTER = {"snr": 1, "snr_dietrich": 1, "cnr": 1, "cjv": -1, "efc": -1, "fber": 1, "fwhm": -1, "noise": -1,
+          "inu_range": -1, "inu_sd": -1, "qi1": -1, "qi2": -1, "niqe": -1,
+          **{f"rpve_{k}": -1 for k in iqms.TISSUES}, **{f"tpm_{k}": 1 for k in iqms.TISSUES}, "fid": -1, "kid": -1,
           "mmd": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1, "pyiqa_piqe": -1, "pyiqa_niqe": -1,
           "pyiqa_brisque": -1}
+#: threads measuring samples (N4 and the numpy/scipy measures release the GIL)
+WORKERS = max(1, min(os.cpu_count() or 1, 8))
 MAX_REAL_SLICES = 256  # real slices measured for NIQE's fit and for the real-vs-real band
 SET_LEVELS = (0.1, 0.25, 0.5, 1.0)  # fraction of the set for memorisation and mode collapse
 
@@ -103,7 +109,7 @@ def _metric_defs() -> tuple[MetricDef, ...]:
 class QualityValidator:
     name: ClassVar[str] = "quality"
     Params: ClassVar[type[BaseModel]] = QualityParams
-    columns: ClassVar[tuple[str, ...]] = ("sample_id",) + IQMS + ("niqe", "degenerate")
+    columns: ClassVar[tuple[str, ...]] = ("sample_id",) + IQMS + ("niqe", "degenerate") + iqms.SUMMARIES
     metrics: ClassVar[tuple[MetricDef, ...]] = _metric_defs()
 
     def preflight(self, plan: Plan, params: QualityParams) -> list[str]:
@@ -147,13 +153,17 @@ class QualityValidator:
             lab = labels[i]
             return np.select([lab == tissue["csf"], lab == tissue["gm"], lab == tissue["wm"]], [1, 2, 3], 0)
 
+        def one(i: int, images: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+            row = iqms.all_iqms(images[i], as_tissues(labels, i))
+            row["niqe"] = niqe_score(images[i], niqe_model)
+            return row
+
         def per_sample(images: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
-            rows = []
-            for i, img in enumerate(images):
-                row = iqms.all_iqms(img, as_tissues(labels, i))
-                row["niqe"] = niqe_score(img, niqe_model)
-                rows.append(row)
-            frame = pd.DataFrame(rows, columns=list(IQMS) + ["niqe"])
+            """The measures of every image (then the summary statistics), on a thread per core: N4, most of
+            the cost, runs in SimpleITK with the GIL released."""
+            with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+                rows = list(pool.map(lambda i: one(i, images, labels), range(len(images))))
+            frame = pd.DataFrame(rows, columns=list(IQMS) + ["niqe"] + list(iqms.SUMMARIES))
             if scorer is not None:
                 for column, values in scorer.score(images).items():
                     frame[column] = values
@@ -164,6 +174,9 @@ class QualityValidator:
         tick(len(cand))
         table.insert(0, "sample_id", list(cand.ids))
         table.insert(len(IQMS) + 2, "degenerate", [int(iqms.is_degenerate(im)) for im in cand.images])
+        summaries = table[list(iqms.SUMMARIES)]
+        table = table.drop(columns=list(iqms.SUMMARIES))
+        table[list(iqms.SUMMARIES)] = summaries  # after the measures, whatever pyiqa added
 
         real_idx = np.sort(rng.choice(len(real), size=min(len(real), MAX_REAL_SLICES), replace=False))
         pick = lambda s, idx: s.labels[idx] if s.labels is not None else None  # noqa: E731
@@ -274,7 +287,7 @@ class QualityValidator:
 
         def measure(images: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
             """Set-level values (means, distribution metrics) and the per-slice values behind the means."""
-            table = per_sample(images)
+            table = per_sample(images).drop(columns=list(iqms.SUMMARIES))
             out = {m: iqms.defined_mean(table[m]) for m in table.columns}
             feats = embed(detector.features(images))
             # the candidate-side metrics only: the real-vs-real baseline does not change with the perturbation
@@ -306,7 +319,7 @@ class QualityValidator:
 
 
 #: bump when the self-test's perturbations, their levels or the measures change (cached results go stale)
-SELF_TEST_FORMAT = 2  # 2: FWHM, INU and QI1
+SELF_TEST_FORMAT = 3  # 2: FWHM, INU and QI1; 3: noise, INU sd, QI2, rPVE, TPM overlap, N4 settings
 
 
 def _self_test_key(real: ImageSet, train: ImageSet, holdout: ImageSet | None, extractor, scorer,
