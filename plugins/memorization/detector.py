@@ -98,23 +98,13 @@ class Detector:
         if len(transforms) > 1 and train.shape[1] != train.shape[2]:
             raise ValueError(f"invariance '{self.invariance}' needs square images, got {train.shape[1:]}")
         n_layers = len(self.extractor.layers)
-        key = None
+        key = self._reference_key(train, digest) if self.cache_dir is not None else None
         self.cache_status_ = "off"  # hit | miss | tampered (a forged or damaged entry, recomputed) | off
-        if self.cache_dir is not None:
-            key = cache_key(kind="memorization-reference", format=2, train=digest or content_digest(train),
-                                  extractor=self.extractor.name, weights=self.extractor.weights_sha256(),
-                                  prefilter=getattr(self.extractor, "prefilter_sigma", 0.0),
-                                  layers=list(self.extractor.layers), transforms=self.transforms,
-                                  nuisance_copies=self.nuisance_copies)
-            lookup = FeatureCache(self.cache_dir).load(key)
-            self.cache_status_ = lookup.status
-            hit = lookup.arrays
-            names = [f"ref_{k}" for k in range(n_layers)] + [f"nuis_{k}" for k in range(n_layers)]
-            if hit is not None and not all(k in hit for k in names):
-                self.cache_status_ = "tampered"  # authentic but incomplete: recomputed like a forged one
-            elif hit is not None:
+        if key is not None:
+            self.cache_status_, hit = self._cached_reference(key)
+            if hit is not None:
                 progress(len(train) * (len(transforms) + self.nuisance_copies))
-                return ([hit[f"ref_{k}"] for k in range(n_layers)], [hit[f"nuis_{k}"] for k in range(n_layers)], True)
+                return hit[0], hit[1], True
         parts = [self.features(_Transformed(train, fn), progress) for _, fn in transforms]
         reference = [np.concatenate([p[k] for p in parts]) for k in range(n_layers)]
         nuisance = [np.zeros((0, r.shape[1])) for r in reference]
@@ -127,6 +117,36 @@ class Detector:
             FeatureCache(self.cache_dir).store(key, {**{f"ref_{k}": r for k, r in enumerate(reference)},
                                                **{f"nuis_{k}": d for k, d in enumerate(nuisance)}})
         return reference, nuisance, False
+
+    def cached_reference_features(self, train: np.ndarray, digest: str | None = None) -> list[np.ndarray] | None:
+        """The train features under every transform (transform-major, as :meth:`reference_features`) when the
+        cache already holds them (the memorization check computed them), else None: never computes them, so a
+        caller that needs only the identity rows can extract those alone instead of every transform's. Sets
+        ``cache_status_`` as :meth:`reference_features` does."""
+        self.cache_status_ = "off"
+        if self.cache_dir is None:
+            return None
+        self.cache_status_, hit = self._cached_reference(self._reference_key(train, digest))
+        return hit[0] if hit is not None else None
+
+    def _reference_key(self, train: np.ndarray, digest: str | None) -> str:
+        return cache_key(kind="memorization-reference", format=2, train=digest or content_digest(train),
+                         extractor=self.extractor.name, weights=self.extractor.weights_sha256(),
+                         prefilter=getattr(self.extractor, "prefilter_sigma", 0.0),
+                         layers=list(self.extractor.layers), transforms=self.transforms,
+                         nuisance_copies=self.nuisance_copies)
+
+    def _cached_reference(self, key: str) -> tuple[str, tuple[list[np.ndarray], list[np.ndarray]] | None]:
+        """The cache's status for ``key`` and, on a whole authentic entry, (reference, nuisance) per layer."""
+        n_layers = len(self.extractor.layers)
+        lookup = FeatureCache(self.cache_dir).load(key)
+        hit = lookup.arrays
+        names = [f"ref_{k}" for k in range(n_layers)] + [f"nuis_{k}" for k in range(n_layers)]
+        if hit is not None and not all(k in hit for k in names):
+            return "tampered", None  # authentic but incomplete: recomputed like a forged one
+        if hit is None:
+            return lookup.status, None
+        return lookup.status, ([hit[f"ref_{k}"] for k in range(n_layers)], [hit[f"nuis_{k}"] for k in range(n_layers)])
 
     def fit(self, train: np.ndarray, *, digest: str | None = None, calibration: np.ndarray | None = None,
             calibration_groups: Sequence[object] | None = None, progress: Progress = lambda _n: None) -> "Detector":

@@ -131,12 +131,12 @@ def timing_table(images: np.ndarray) -> str:
         QualityValidator().run(ctx, QualityParams())
         with_test = time.perf_counter() - t0
         t0 = time.perf_counter()
-        QualityValidator().run(ctx, QualityParams())  # the self-test and the reference features now cached
+        QualityValidator().run(ctx, QualityParams())  # the self-test's result is now cached
         warm = time.perf_counter() - t0
     lines = ["| step | ms per slice |", "|---|---|"] + [f"| {n} | {1000 * t:.1f} |" for n, t in rows]
     lines.append(f"\nwhole check on {len(images)} candidate slices ({len(train)} train, {len(holdout)} holdout), "
                  f"{WORKERS} measuring threads:\n\n| run | seconds |\n|---|---|\n"
                  f"| without the self-test, features cold | {whole:.1f} |\n"
                  f"| with the self-test (default 16 slices), cache cold | {with_test:.1f} |\n"
-                 f"| with the self-test, its result and the features cached (the next candidate) | {warm:.1f} |")
+                 f"| with the self-test, its result cached (the next candidate against the same reference) | {warm:.1f} |")
     return "\n".join(lines)

@@ -126,6 +126,20 @@ def fber(img: np.ndarray, head: np.ndarray) -> float:
     return float(np.median(np.abs(img[head]) ** 2) / b) if b > 1e-3 else UNDEFINED
 
 
+def bg_energy(img: np.ndarray, head: np.ndarray) -> float:
+    """The air's mean energy over the head's, mean(|B|^2) / mean(|F|^2): MRIQC's FBER (which uses these means)
+    turned over, so that an image with nothing in its air (skull-stripped, zeroed) has 0 instead of an infinite
+    FBER. Ghosts, motion and wrap-around put the head's signal into the air and raise it with their strength
+    (``qi1`` counts the air they cover, which saturates; this weighs how bright they are). Lower is better.
+    ``fber`` above is the median form, robust to (and so blind to) such artefacts."""
+    air = np.asarray(img, dtype=np.float64)[~ndi.binary_dilation(head, iterations=3)]
+    fg = np.asarray(img, dtype=np.float64)[head]
+    if air.size == 0 or fg.size == 0:
+        return UNDEFINED
+    energy = float(np.mean(fg ** 2))
+    return float(np.mean(air ** 2) / energy) if energy > 0 else UNDEFINED
+
+
 def wm2max(img: np.ndarray, wm: np.ndarray) -> float:
     top = np.percentile(img, 99.95)
     return float(img[wm].mean() / top) if wm.any() and top > 0 else UNDEFINED
@@ -395,7 +409,7 @@ def summary_stats(img: np.ndarray, t: Tissues) -> dict[str, float]:
 
 
 #: the quality measures, in the order of the samples table
-MEASURES = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "wm2max", "fwhm", "noise", "inu_med", "inu_range",
+MEASURES = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "bg_energy", "wm2max", "fwhm", "noise", "inu_med", "inu_range",
             "inu_sd", "qi1", "qi2") + tuple(f"rpve_{k}" for k in TISSUES) + tuple(f"tpm_{k}" for k in TISSUES)
 #: descriptive statistics per region (no better side, no self-test)
 SUMMARIES = tuple(f"summary_{r}_{s}" for r in ("bg",) + TISSUES for s in SUMMARY_STATS)
@@ -415,7 +429,7 @@ def all_iqms(img: np.ndarray, labels: np.ndarray | None = None) -> dict[str, flo
         # as MRIQC's snr_total: the mean of the per-tissue SNRs (tissue contrast is not noise)
         "snr": float(np.mean(tissue_snr)) if tissue_snr else UNDEFINED, "snr_dietrich": snr_dietrich(img, t.head, t.head),
         "cnr": cnr(img, t.gm, t.wm, t.head), "cjv": cjv(img, t.gm, t.wm), "efc": efc(img),
-        "fber": fber(img, t.head), "wm2max": wm2max(img, t.wm), "fwhm": fwhm(img, t.head),
+        "fber": fber(img, t.head), "bg_energy": bg_energy(img, t.head), "wm2max": wm2max(img, t.wm), "fwhm": fwhm(img, t.head),
         "noise": noise_level(img, t.head), "inu_med": inu_med, "inu_range": inu_range, "inu_sd": inu_sd,
         "qi1": qi1(img, t.head), "qi2": qi2(img, t.head), **rpve(post, t.head), **tpm_overlap(post, labels),
         **summary_stats(img, t),
