@@ -145,3 +145,17 @@ def test_every_measure_works_on_a_volume(tmp_path):
     assert all(np.isfinite(v) for v in values.values()), values
     assert values["fwhm"] > 0 and values["inu_sd"] > 0 and values["rpve_wm"] > 0
     assert iqms.all_iqms(ndi.gaussian_filter(vol, 1.5))["fwhm"] > values["fwhm"]
+
+
+def test_bg_energy_weighs_ghosts_by_their_strength(colin):
+    """QI1 counts the air a ghost covers, which stops growing once the replica is in place; the air's energy
+    over the head's grows with the ghost's strength, slice by slice, and has no units."""
+    def ghost(x, strength, _rng):
+        shift = x.shape[0] // 4
+        return x + strength * (np.roll(x, shift, 0) + np.roll(x, -shift, 0)) / 2
+
+    levels = _series(colin["ch2bet"], ghost, (0.05, 0.1, 0.2, 0.3), _measure("bg_energy"))
+    assert (levels[0] == 0).all()  # nothing in a skull-stripped slice's air: 0, where FBER would be infinite
+    assert pooled_rho(levels) >= 0.9 and monotonic_share(levels, +1) == 1.0
+    x = ghost(colin["ch2"][3], 0.2, None)
+    assert iqms.all_iqms(x * 1000)["bg_energy"] == pytest.approx(iqms.all_iqms(x)["bg_energy"], rel=1e-6)

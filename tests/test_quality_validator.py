@@ -141,3 +141,36 @@ def test_blank_and_background_free_samples_are_flagged_never_silently_averaged(t
     from gate_plugins.quality.validator import QualityValidator as V
     frac = next(m for m in V.metrics if m.name == "degenerate_fraction").compute(t, out.scalars)
     assert frac == 2 / len(images)
+
+
+def test_quality_uses_the_memorization_reference_when_cached_and_extracts_only_what_it_needs(tmp_path, mri):
+    """The quality check needs train's untransformed features only. Without the memorization check's cached
+    reference it extracts those alone (not eight transforms and two nuisance copies of every image) and stores
+    nothing; with it, it reads them, and both ways give the same distribution metrics."""
+    import numpy as np
+
+    from gate.imageio import read_image_folder
+    from gate.imageset import ImageSet
+    from gate.validators import CheckContext
+    from gate_plugins.memorization import Detector
+    from gate_plugins.quality.validator import QualityParams, QualityValidator
+    from gate_plugins.toolkit.canvas import canvas_digest
+    from gate_plugins.toolkit.extractors import build_extractor
+
+    train = read_image_folder(mri["train"], "train")
+    holdout = read_image_folder(mri["holdout"], "holdout")
+    cand = read_image_folder(mri["novel"], "candidate")
+    cache = tmp_path / "cache"
+    ctx = CheckContext(candidate=cand, train=train, holdout=holdout, seed=0, batch_size=16, cache_dir=cache)
+    params = QualityParams(self_test=False)
+    cold = QualityValidator().run(ctx, params)
+    assert cold.diagnostics["reference_cache"] == "miss" and not cold.diagnostics["reference_cache_hit"]
+    assert not list(cache.rglob("*.npz"))  # nothing stored by quality
+    # the memorization check's reference, as it computes and caches it (every transform, nuisance copies)
+    detector = Detector(build_extractor(params.extractor, None, params.prefilter_sigma), "dihedral", cache_dir=cache,
+                        batch_size=16)
+    detector.reference_features(train.images, canvas_digest(train))
+    warm = QualityValidator().run(ctx, params)
+    assert warm.diagnostics["reference_cache"] == "hit" and warm.diagnostics["reference_cache_hit"]
+    for m in ("fid", "kid", "precision", "coverage"):
+        assert np.isclose(warm.scalars[m], cold.scalars[m], rtol=1e-4, atol=1e-6), m
