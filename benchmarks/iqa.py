@@ -115,7 +115,7 @@ def main() -> None:
     images, _ = subject_slices(range(1, 21), 25)
     print("Spearman rho of each metric against perturbation severity (16 real slices, 4 severities + clean)\n")
     print(sensitivity_table(images[:100]))
-    print("\nCeilings on this protocol (16 slices of 4 subjects): what no per-sample measure can beat\n")
+    print("\nHow well the true quantity ranks severity on this protocol (16 slices of 4 subjects, its own draw)\n")
     print(ceilings())
     if (COLIN / "ch2.nii.gz").exists():
         print("\nHeld out: Colin27, per sample (the issue's protocol, this script's draws)\n")

@@ -91,6 +91,8 @@ def test_qi2_sees_structure_in_the_air_and_not_units(colin):
     clean = qi2(noisy)
     assert 0 <= clean < 0.02
     assert qi2(noisy * 1000) == pytest.approx(clean, rel=1e-6)  # fitted on the air divided by its own scale
+    # stored as 8-bit (a PNG read as value / 255): the air sits on a few levels, which is no misfit
+    assert qi2(np.round(noisy / noisy.max() * 255) / 255) < 0.02
     shift = noisy.shape[0] // 4
     ghosts = [qi2(noisy + g * (np.roll(noisy, shift, 0) + np.roll(noisy, -shift, 0)) / 2) for g in (0.1, 0.2, 0.3)]
     assert clean < ghosts[0] < ghosts[1] < ghosts[2]
@@ -134,17 +136,24 @@ def test_summary_statistics_describe_each_tissue_and_the_air(colin):
     assert set(iqms.SUMMARIES) <= set(values) and all(np.isfinite(v) for v in values.values())
 
 
-def test_every_measure_works_on_a_volume(tmp_path):
-    """The measures are not slice-bound: on a whole Colin27 volume each is finite, FWHM averages three axes,
-    and blurring the volume raises it."""
+def test_every_measure_works_on_a_volume():
+    """The measures are not slice-bound: on whole Colin27 volumes (with noise in the air, and with labels) each is
+    defined where its inputs exist, FWHM averages three axes and blurring the volume raises it."""
     import nibabel as nib
 
     vol = np.asarray(nib.load(TEMPLATES / "ch2bet.nii.gz").dataobj, dtype=np.float64)[::3, ::3, ::3]
     vol /= vol.max()
     values = iqms.all_iqms(vol)
     assert all(np.isfinite(v) for v in values.values()), values
-    assert values["fwhm"] > 0 and values["inu_sd"] > 0 and values["rpve_wm"] > 0
+    # zeroed air and no labels: exactly these are undefined
+    assert {k for k, v in values.items() if v == iqms.UNDEFINED} == {"fber", "qi2", "tpm_csf", "tpm_gm", "tpm_wm"}
+    assert values["fwhm"] > 0 and values["inu_sd"] > 0 and values["rpve_wm"] > 0 and values["noise"] > 0
     assert iqms.all_iqms(ndi.gaussian_filter(vol, 1.5))["fwhm"] > values["fwhm"]
+    noisy = _rician(vol, 0.02, np.random.default_rng(0))
+    assert 0 <= iqms.all_iqms(noisy)["qi2"] < 0.05
+    t = iqms.estimate_tissues(vol)
+    labelled = iqms.all_iqms(vol, np.select([t.csf, t.gm, t.wm], [1, 2, 3], 0))
+    assert all(0 < labelled[f"tpm_{k}"] <= 1 for k in ("csf", "gm", "wm")), labelled
 
 
 def test_bg_energy_weighs_ghosts_by_their_strength(colin):

@@ -67,8 +67,8 @@ def held_out_table(sets: dict[str, np.ndarray], families: dict, niqe_block: int 
     """Per-sample sensitivity on real slices that are not the shipped data, under degradations drawn by the
     caller (``families[name] = (degrade(img, level, rng), levels)``), as the issue's held-out measurement:
     for every measure, Spearman rho over slices x (clean + levels) and the share of slices monotonic; then the
-    best measure per family and set. ``sets[name]``: the slices to degrade (NIQE is fitted on the others,
-    every second slice of ``sets[name + "_fit"]`` when given)."""
+    best measure per family and set. ``sets[name]``: the slices to degrade; NIQE is fitted on
+    ``sets[name + "_fit"]`` (other slices of the same scan) when given, else on the slices themselves."""
     from gate_plugins.quality.sensitivity import monotonic_share, pooled_rho
     from gate_plugins.quality.validator import BETTER, IQMS
 

@@ -132,8 +132,12 @@ def bg_energy(img: np.ndarray, head: np.ndarray) -> float:
     FBER. Ghosts, motion and wrap-around put the head's signal into the air and raise it with their strength
     (``qi1`` counts the air they cover, which saturates; this weighs how bright they are). Lower is better.
     ``fber`` above is the median form, robust to (and so blind to) such artefacts."""
-    air = np.asarray(img, dtype=np.float64)[~ndi.binary_dilation(head, iterations=3)]
-    fg = np.asarray(img, dtype=np.float64)[head]
+    x = np.asarray(img, dtype=np.float64)
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if not peak > 0 or not np.isfinite(peak):
+        return UNDEFINED
+    x = x / peak  # the ratio has no units; scaled first so that squaring cannot overflow
+    air, fg = x[~ndi.binary_dilation(head, iterations=3)], x[head]
     if air.size == 0 or fg.size == 0:
         return UNDEFINED
     energy = float(np.mean(fg ** 2))
@@ -200,7 +204,7 @@ def inu(img: np.ndarray, head: np.ndarray) -> tuple[float, float, float]:
     n4.SetMaximumNumberOfIterations(list(N4_ITERATIONS))
     n4.SetNumberOfControlPoints([N4_CONTROL_POINTS] * x.ndim)
     n4.SetBiasFieldFullWidthAtHalfMaximum(N4_BIAS_FWHM)
-    n4.SetNumberOfThreads(1)  # the samples are measured in parallel instead (validator.WORKERS)
+    n4.SetNumberOfThreads(1)  # at these sizes ITK's threads only cost; callers measure samples in parallel
     try:
         n4.Execute(small, small_mask)
         log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(scaled))[head].astype(np.float64)
@@ -225,8 +229,9 @@ def noise_level(img: np.ndarray, head: np.ndarray) -> float:
     planes across its first axis and pooled. It needs no background, so it works on skull-stripped images where SNR-Dietrich and
     QI2 cannot; blur lowers it (a smoothed image looks less noisy), which the self-test reports."""
     x = np.asarray(img, dtype=np.float64)
-    inner = ndi.binary_erosion(head, iterations=2)
     kernel = _IMMERKAER if x.ndim == 2 else _IMMERKAER[None]
+    # eroded in the planes the mask filters in, so that a thin slab keeps an inside
+    inner = ndi.binary_erosion(head, structure=np.ones(kernel.shape, bool), iterations=2)
     if inner.sum() < 16:
         return UNDEFINED
     response = ndi.convolve(x, kernel, mode="nearest")[inner]
@@ -286,7 +291,8 @@ def qi2(img: np.ndarray, head: np.ndarray, min_voxels: int = 1000, max_voxels: i
         return UNDEFINED
     if data.size > max_voxels:  # a regular subsample: deterministic, and the fit costs no more on a volume
         data = data[:: int(np.ceil(data.size / max_voxels))]
-    m2, logs = float(np.mean(data ** 2)), float(np.mean(np.log(data)))
+    data = data / data.max()  # no units, and no overflow when squared
+    m2 = float(np.mean(data ** 2))
     # per dof k the MLE of the scale is sqrt(E[x^2] / k); the log likelihood then depends on k only through this
     scales = np.sqrt(m2 / _CHI_DOF)
     loglik = [float(np.mean(stats.chi.logpdf(data, k, scale=sc))) for k, sc in zip(_CHI_DOF, scales)]
@@ -294,9 +300,26 @@ def qi2(img: np.ndarray, head: np.ndarray, min_voxels: int = 1000, max_voxels: i
     if not np.isfinite(loglik[best]):
         return UNDEFINED
     z = data / scales[best]
-    hist, edges = np.histogram(z, bins="doane", range=(0.0, float(np.percentile(z, 99.9))), density=True)
-    centres = (edges[:-1] + edges[1:]) / 2
-    fitted = stats.chi.pdf(centres, _CHI_DOF[best])
+    top = float(np.percentile(z, 99.9))
+    width = top / max(len(np.histogram_bin_edges(z, bins="doane", range=(0.0, top))) - 1, 1)
+    # integer-stored images (8-bit PNG, 12/16-bit DICOM) hold the air in a few levels: bins that are not whole
+    # multiples of the level step, with edges between levels, would read that quantisation as misfit
+    levels = np.unique(z)
+    step = float(np.diff(levels).min()) if levels.size > 1 else 0.0
+    if levels.size < z.size / 4 and step > 0:
+        width = step * max(1.0, np.round(width / step))
+        low = levels[0] - step / 2
+    else:
+        low = 0.0
+    if not width > 0 or not top > low:
+        return UNDEFINED
+    edges = np.arange(low, top + width, width)
+    counts, _ = np.histogram(z, bins=edges)
+    # both as densities over the same bins: the data's, and the fitted chi's mass in each bin over the range
+    expected = np.diff(stats.chi.cdf(edges, _CHI_DOF[best]))
+    if counts.sum() == 0 or expected.sum() <= 0:
+        return UNDEFINED
+    hist, fitted = counts / counts.sum() / width, expected / expected.sum() / width
     mode = int(np.argmax(hist))
     right = np.nonzero(hist[mode + 1:] < hist[mode] / 2)[0]
     start = mode + 1 + int(right[0]) if right.size else len(hist) - 1

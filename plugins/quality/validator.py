@@ -42,10 +42,12 @@ BETTER = {"snr": 1, "snr_dietrich": 1, "cnr": 1, "cjv": -1, "efc": -1, "fber": 1
           **{f"rpve_{k}": -1 for k in iqms.TISSUES}, **{f"tpm_{k}": 1 for k in iqms.TISSUES}, "fid": -1, "kid": -1,
           "mmd": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1, "pyiqa_piqe": -1, "pyiqa_niqe": -1,
           "pyiqa_brisque": -1}
-#: threads measuring samples (N4 and the numpy/scipy measures release the GIL)
-WORKERS = max(1, min(os.cpu_count() or 1, 8))
-MAX_REAL_SLICES = 256
-FIGURE_TRAIN_SLICES = 64  # train slices measured for the figure's train boxes (when there is a holdout)  # real slices measured for NIQE's fit and for the real-vs-real band
+#: threads measuring samples (N4 and the numpy/scipy measures release the GIL); the cores this process may use
+WORKERS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+#: TPM overlap compares a sample with its label map: the self-test cannot measure it
+TPM = tuple(f"tpm_{k}" for k in iqms.TISSUES)
+MAX_REAL_SLICES = 256  # real slices measured for NIQE's fit and for the real-vs-real band
+FIGURE_TRAIN_SLICES = 64  # train slices measured for the figure's train boxes (when there is a holdout)
 SET_LEVELS = (0.1, 0.25, 0.5, 1.0)  # fraction of the set for memorisation and mode collapse
 
 
@@ -175,9 +177,8 @@ class QualityValidator:
         tick(len(cand))
         table.insert(0, "sample_id", list(cand.ids))
         table.insert(len(IQMS) + 2, "degenerate", [int(iqms.is_degenerate(im)) for im in cand.images])
-        summaries = table[list(iqms.SUMMARIES)]
-        table = table.drop(columns=list(iqms.SUMMARIES))
-        table[list(iqms.SUMMARIES)] = summaries  # after the measures, whatever pyiqa added
+        # the declared columns first (the summaries after `degenerate`), then what pyiqa added
+        table = table[list(self.columns) + [c for c in table.columns if c not in self.columns]]
 
         real_idx = np.sort(rng.choice(len(real), size=min(len(real), MAX_REAL_SLICES), replace=False))
         pick = lambda s, idx: s.labels[idx] if s.labels is not None else None  # noqa: E731
@@ -247,7 +248,10 @@ class QualityValidator:
                     [(f"{c}_mean", c) for c in (scorer.columns if scorer else [])]:
                 row = rho.get(base, {})
                 seen = [p for p, v in row.items() if abs(v) >= params.sensitivity_threshold]
-                if base in undefined_clean:
+                if base in TPM:
+                    insensitive[metric_name] = ("needs each sample's label map, and the self-test perturbs unlabelled "
+                                                "real slices: its sensitivity is not measured (pin the rule to block)")
+                elif base in undefined_clean:
                     insensitive[metric_name] = ("undefined on every clean real slice of the self-test (for "
                                                 "instance no background noise), so it cannot respond")
                 elif not seen:
