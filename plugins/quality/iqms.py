@@ -70,8 +70,13 @@ def estimate_tissues(img: np.ndarray, labels: np.ndarray | None = None, smoothin
     return Tissues(head, head & (img <= t0), head & (img > t1) & (img <= t2), head & (img > t2))
 
 
+def _air_mask(head: np.ndarray) -> np.ndarray:
+    """The air: outside the head dilated by 3 voxels, so that the head's edge and partial volume stay out."""
+    return ~ndi.binary_dilation(head, iterations=3)
+
+
 def _air(img: np.ndarray, head: np.ndarray) -> np.ndarray:
-    return img[~ndi.binary_dilation(head, iterations=3)]
+    return img[_air_mask(head)]
 
 
 def snr(img: np.ndarray, fg: np.ndarray) -> float:
@@ -137,7 +142,7 @@ def bg_energy(img: np.ndarray, head: np.ndarray) -> float:
     if not peak > 0 or not np.isfinite(peak):
         return UNDEFINED
     x = x / peak  # the ratio has no units; scaled first so that squaring cannot overflow
-    air, fg = x[~ndi.binary_dilation(head, iterations=3)], x[head]
+    air, fg = _air(x, head), x[head]
     if air.size == 0 or fg.size == 0:
         return UNDEFINED
     energy = float(np.mean(fg ** 2))
@@ -151,9 +156,9 @@ def wm2max(img: np.ndarray, wm: np.ndarray) -> float:
 
 def fwhm(img: np.ndarray, head: np.ndarray) -> float:
     """Smoothness: the full width at half maximum of a Gaussian kernel that would give the image's spatial
-    autocorrelation, in pixels, averaged over the image's axes (two for a slice, three for a volume). AFNI's classic 3dFWHMx estimate (Forman et al.
-    1995), which MRIQC reports as ``fwhm_avg``: from the variance of first differences against the variance,
-    over neighbours that both lie in the head. Higher is smoother (blur raises it)."""
+    autocorrelation, in pixels, averaged over the image's axes (two for a slice, three for a volume). AFNI's
+    classic 3dFWHMx estimate (Forman et al. 1995), which MRIQC reports as ``fwhm_avg``: from the variance of
+    first differences against the variance, over neighbours that both lie in the head. Higher is smoother (blur raises it)."""
     img = np.asarray(img, dtype=np.float64)
     var = img[head].var() if head.sum() > 8 else 0.0
     if var <= 0:
@@ -226,8 +231,8 @@ def noise_level(img: np.ndarray, head: np.ndarray) -> float:
     """Noise inside the head relative to its median intensity (lower is better): Immerkaer's (1996) estimate of
     the noise standard deviation from the image filtered by a mask that cancels smooth signal, made robust to
     the anatomy's edges with the median absolute response (the mask's gain is 6); a volume is filtered in the
-    planes across its first axis and pooled. It needs no background, so it works on skull-stripped images where SNR-Dietrich and
-    QI2 cannot; blur lowers it (a smoothed image looks less noisy), which the self-test reports."""
+    planes across its first axis and pooled. It needs no background, so it works on skull-stripped images where
+    SNR-Dietrich and QI2 cannot; blur lowers it (a smoothed image looks less noisy), which the self-test reports."""
     x = np.asarray(img, dtype=np.float64)
     kernel = _IMMERKAER if x.ndim == 2 else _IMMERKAER[None]
     # eroded in the planes the mask filters in, so that a thin slab keeps an inside
@@ -246,7 +251,7 @@ def _air_and_artefacts(img: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, n
     the air's robust noise level (median + 3 MADs, at least 1 % of the head's 99th percentile) and surviving a
     binary opening (structure, not isolated noise voxels), after Mortamet et al. (2009). None without air."""
     img = np.asarray(img, dtype=np.float64)
-    air_mask = ~ndi.binary_dilation(head, iterations=3)
+    air_mask = _air_mask(head)
     if air_mask.sum() < 64 or not head.any():
         return None
     air = img[air_mask]
@@ -412,7 +417,7 @@ def summary_stats(img: np.ndarray, t: Tissues) -> dict[str, float]:
     from scipy import stats
 
     x = np.asarray(img, dtype=np.float64)
-    regions = {"bg": ~ndi.binary_dilation(t.head, iterations=3), "csf": t.csf, "gm": t.gm, "wm": t.wm}
+    regions = {"bg": _air_mask(t.head), "csf": t.csf, "gm": t.gm, "wm": t.wm}
     out: dict[str, float] = {}
     for name, mask in regions.items():
         eroded = ndi.binary_erosion(mask) if name != "bg" else mask
@@ -432,8 +437,8 @@ def summary_stats(img: np.ndarray, t: Tissues) -> dict[str, float]:
 
 
 #: the quality measures, in the order of the samples table
-MEASURES = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "bg_energy", "wm2max", "fwhm", "noise", "inu_med", "inu_range",
-            "inu_sd", "qi1", "qi2") + tuple(f"rpve_{k}" for k in TISSUES) + tuple(f"tpm_{k}" for k in TISSUES)
+MEASURES = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "bg_energy", "wm2max", "fwhm", "noise", "inu_med",
+            "inu_range", "inu_sd", "qi1", "qi2") + tuple(f"rpve_{k}" for k in TISSUES) + tuple(f"tpm_{k}" for k in TISSUES)
 #: descriptive statistics per region (no better side, no self-test)
 SUMMARIES = tuple(f"summary_{r}_{s}" for r in ("bg",) + TISSUES for s in SUMMARY_STATS)
 
@@ -452,7 +457,8 @@ def all_iqms(img: np.ndarray, labels: np.ndarray | None = None) -> dict[str, flo
         # as MRIQC's snr_total: the mean of the per-tissue SNRs (tissue contrast is not noise)
         "snr": float(np.mean(tissue_snr)) if tissue_snr else UNDEFINED, "snr_dietrich": snr_dietrich(img, t.head, t.head),
         "cnr": cnr(img, t.gm, t.wm, t.head), "cjv": cjv(img, t.gm, t.wm), "efc": efc(img),
-        "fber": fber(img, t.head), "bg_energy": bg_energy(img, t.head), "wm2max": wm2max(img, t.wm), "fwhm": fwhm(img, t.head),
+        "fber": fber(img, t.head), "bg_energy": bg_energy(img, t.head), "wm2max": wm2max(img, t.wm),
+        "fwhm": fwhm(img, t.head),
         "noise": noise_level(img, t.head), "inu_med": inu_med, "inu_range": inu_range, "inu_sd": inu_sd,
         "qi1": qi1(img, t.head), "qi2": qi2(img, t.head), **rpve(post, t.head), **tpm_overlap(post, labels),
         **summary_stats(img, t),

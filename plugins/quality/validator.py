@@ -36,9 +36,10 @@ IQMS = iqms.MEASURES
 SET_METRICS = ("fid", "kid", "mmd", "precision", "recall", "density", "coverage")
 # +1: higher is better, -1: lower is better (WM2MAX and entropy have no better side)
 # (FWHM: sharper is better; INU's median has no better side, its range and sd do; QI1, QI2, bg_energy: less
-# artefact in the air; noise and rPVE: less; TPM overlap: more agreement with the labels; the summary statistics have no side)
-BETTER = {"snr": 1, "snr_dietrich": 1, "cnr": 1, "cjv": -1, "efc": -1, "fber": 1, "bg_energy": -1, "fwhm": -1, "noise": -1,
-          "inu_range": -1, "inu_sd": -1, "qi1": -1, "qi2": -1, "niqe": -1,
+# artefact in the air; noise and rPVE: less; TPM overlap: more agreement with the labels; the summary statistics
+# have no side)
+BETTER = {"snr": 1, "snr_dietrich": 1, "cnr": 1, "cjv": -1, "efc": -1, "fber": 1, "bg_energy": -1, "fwhm": -1,
+          "noise": -1, "inu_range": -1, "inu_sd": -1, "qi1": -1, "qi2": -1, "niqe": -1,
           **{f"rpve_{k}": -1 for k in iqms.TISSUES}, **{f"tpm_{k}": 1 for k in iqms.TISSUES}, "fid": -1, "kid": -1,
           "mmd": -1, "precision": 1, "recall": 1, "density": 1, "coverage": 1, "pyiqa_piqe": -1, "pyiqa_niqe": -1,
           "pyiqa_brisque": -1}
@@ -175,9 +176,9 @@ class QualityValidator:
         tick = context.progress("quality: measures", len(cand))
         table = per_sample(cand.images, cand.labels)
         tick(len(cand))
-        table.insert(0, "sample_id", list(cand.ids))
-        table.insert(len(IQMS) + 2, "degenerate", [int(iqms.is_degenerate(im)) for im in cand.images])
-        # the declared columns first (the summaries after `degenerate`), then what pyiqa added
+        table["sample_id"] = list(cand.ids)
+        table["degenerate"] = [int(iqms.is_degenerate(im)) for im in cand.images]
+        # the declared columns first, in their order, then what pyiqa added
         table = table[list(self.columns) + [c for c in table.columns if c not in self.columns]]
 
         real_idx = np.sort(rng.choice(len(real), size=min(len(real), MAX_REAL_SLICES), replace=False))
