@@ -15,7 +15,8 @@ from gate.imageio import check_same_size, read_folder
 from gate.imageset import ImageSet
 from gate.policy import LoadedPolicy, load_policy
 from gate.provenance import library_versions, now
-from gate.report import CheckResult, DataManifest, Provenance, Report, RuleOutcome
+from gate.evidence import findings, independence, is_label_file
+from gate.report import CheckResult, DataManifest, Provenance, Report, RuleOutcome, Statement
 from gate.rules import evaluate_rule, gx_check
 from gate.errors import InputError
 from gate.validators import CheckContext, Figure, MetricDef, Plan, ValidatorRegistry, discover
@@ -96,9 +97,12 @@ class Outcome:
 
 
 def _manifest(s: ImageSet, folder: Path | None) -> DataManifest:
+    files = [{"path": e.path, "sha256": e.sha256} for e in s.manifest]
+    labels = sum(1 for e in s.manifest if is_label_file(e.path))
     return DataManifest(name=s.name, folder=str(folder) if folder else None, n_images=len(s), shape=list(s.shape),
-                        sha256=s.manifest_sha256(), files=[{"path": e.path, "sha256": e.sha256} for e in s.manifest],
-                        preprocessing=s.preprocessing)
+                        sha256=s.manifest_sha256(), files=files, preprocessing=s.preprocessing,
+                        n_image_files=len(files) - labels, n_label_files=labels,
+                        origin="files" if s.manifest else "drawn")
 
 
 def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dict | None = None,
@@ -145,6 +149,7 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         defs = {m.name: m for m in loaded.cls.metrics}
         result.metrics = {name: _finite_or_none(m.compute(out.table, out.scalars)) for name, m in defs.items()}
         result.metric_descriptions = {name: m.description for name, m in defs.items()}
+        result.blind_spots = [str(b) for b in getattr(loaded.cls, "blind_spots", ())]
         scalars[check.id] = dict(out.scalars)
         for j, rule in enumerate(check.rules):
             metric_defs[(check.id, rule.metric)] = defs[rule.metric]
@@ -188,9 +193,20 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
                                                 if hasattr(c.params, "null_seed")}},
         started_at=started, finished_at=now(), mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri,
         isolation=isolation, data_overrides=data_overrides or {})
+    advice = {c.id: dict(getattr(inputs.registry.get(c.validator).cls, "advice", {}) or {}) for c in spec.checks}
+    meta = inputs.policy.model.metadata
+    c = spec.candidate
+    sampling = {"source": "folder", "folder": str(candidate_folder)} if model_info is None else \
+        {"source": "registry", "mode": model_info.get("generator_mode"), "n_samples": c.n_samples, "seed": c.seed,
+         "batch_size": c.batch_size, "label_deformation_px": c.label_deformation_px, "isolation": isolation}
     report = Report(verdict=verdict, mode=spec.mode, blocking=enforce and verdict != "pass",
                     summary=_summary(verdict, results, spec.mode), checks=results, provenance=provenance,
-                    gx_evidence="gx_validation.json" if evidence else None)
+                    gx_evidence="gx_validation.json" if evidence else None,
+                    findings=findings(results, advice),
+                    statement=Statement(intended_use=meta.intended_use, limitations=list(meta.limitations),
+                                        retention=meta.retention, sampling=sampling),
+                    independence=independence([s for s, _ in sets]),
+                    patient_images=spec.report.patient_images)
     return Outcome(report, tables, figures, evidence)
 
 

@@ -32,6 +32,14 @@ class Metadata(Strict):
     name: str = Field(min_length=1, description="Policy name, recorded in every report")
     owner: str = Field(min_length=1, description="Who answers for this policy")
     description: str = ""
+    # what a board reads on the compliance report (FDA's AI-enabled device guidance and EU AI Act Annex IV
+    # ask for both); optional, because a research policy may have neither yet
+    intended_use: str = Field("", max_length=4000, description="What the model is for: its population, images "
+                                                               "and use, in plain words (compliance report)")
+    limitations: list[Annotated[str, Field(max_length=1000)]] = Field(default_factory=list, max_length=64,
+                                   description="Where it must not be trusted (compliance report), one per item")
+    retention: str = Field("", max_length=2000, description="How long the reports and the validation run are kept, "
+                                                            "and where (compliance report)")
 
 
 class CandidateSpec(Strict):
@@ -139,12 +147,20 @@ class PromotionSpec(Strict):
                                             "--allow-regression)")
 
 
+class ReportSpec(Strict):
+    patient_images: Literal["show", "blur", "withhold"] = Field(
+        "show", description="figures that show real (train or holdout) images, such as a flagged sample beside its "
+                            "nearest train image: show them, blur them, or withhold them (for reports that leave "
+                            "the institution); the candidate's own samples are shown either way")
+
+
 class SpecBase(Strict):
     mode: Literal["enforce", "audit"] = Field("enforce", description="audit records everything, never blocks")
     candidate: CandidateSpec = CandidateSpec()
     data: DataSpec
     attestation: AttestationSpec = AttestationSpec()
     promotion: PromotionSpec = PromotionSpec()
+    report: ReportSpec = ReportSpec()
 
 
 class PolicyBase(Strict):

@@ -3,10 +3,11 @@ model version. Promotion (setting an alias) lives here too and happens only on a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from gate.registry import ModelRef, client_for, default_artifact_root
-from gate.report import Report
+from gate.report import Report, verdict_words
 
 EXPERIMENT = "gate"
 
@@ -34,11 +35,21 @@ def validation_experiment_id(client, tracking_uri: str, name: str = EXPERIMENT) 
         return exp.experiment_id
 
 
+#: run status by verdict: a refused validation must not look like a passed one in MLflow's run list
+#: (filter with ``attributes.status = 'FAILED'`` or ``tags."gate.verdict" = 'fail'``)
+RUN_STATUS = {"pass": "FINISHED", "fail": "FAILED", "error": "FAILED"}
+#: gate's paragraph in a version's description sits between these, so that the owner's own text is kept
+DESCRIPTION_START, DESCRIPTION_END = "<!-- gate:start -->", "<!-- gate:end -->"
+MAX_DESCRIPTION = 20_000
+
+
 def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report: Report, report_sha256: str,
                           out_dir: Path, attestation: str | None = None) -> None:
     """Log the run and tag the version. ``attestation`` (a compact DSSE envelope) becomes the version's
     ``gate.attestation`` tag; without one, an older attestation is removed, so that the tag always
-    speaks of the latest validation."""
+    speaks of the latest validation. The version's description opens with the verdict and a summary
+    linking the run and its report (what MLflow's version page shows first); the run is named, described
+    and ended by the verdict, and linked to the version's logged model where it has one."""
     from mlflow.entities import Metric, RunTag
 
     client = client_for(tracking_uri)
@@ -47,18 +58,75 @@ def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report:
     ts = int(time.time() * 1000)
     metrics = [Metric(f"{c.id}.{k}", float(v), ts, 0) for c in report.checks for k, v in c.metrics.items()
                if v is not None]
-    tags = [RunTag("gate.verdict", report.verdict), RunTag("gate.report_sha256", report_sha256)]
+    run = client.get_run(run_id)
+    link = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    tags = [RunTag("gate.verdict", report.verdict), RunTag("gate.report_sha256", report_sha256),
+            RunTag("mlflow.runName", f"{run.info.run_name or 'validate'} [{report.verdict.upper()}]"),
+            RunTag("mlflow.note.content", run_note(report, ref, report_sha256))]
     client.log_batch(run_id, metrics=metrics, tags=tags)
     client.log_artifacts(run_id, str(out_dir), artifact_path="gate")
-    client.set_terminated(run_id, "FINISHED" if report.verdict != "error" else "FAILED")
+    _link_model(client, run_id, ref)
+    client.set_terminated(run_id, RUN_STATUS[report.verdict])
     policy = f"{report.provenance.policy_name}@sha256:{report.provenance.policy_sha256[:12]}"
     for key, value in (("gate.verdict", report.verdict), ("gate.report_sha256", report_sha256),
                        ("gate.run_id", run_id), ("gate.policy", policy)):
         client.set_model_version_tag(ref.name, ref.version, key, value)
+    held = client.get_model_version(ref.name, ref.version)
+    client.update_model_version(ref.name, ref.version, description=with_summary(
+        held.description or "", version_summary(report, report_sha256, link)))
     if attestation is not None:
         client.set_model_version_tag(ref.name, ref.version, "gate.attestation", attestation)
-    elif "gate.attestation" in (client.get_model_version(ref.name, ref.version).tags or {}):
+    elif "gate.attestation" in (held.tags or {}):
         client.delete_model_version_tag(ref.name, ref.version, "gate.attestation")
+
+
+def version_summary(report: Report, report_sha256: str, run_link: str) -> str:
+    """One paragraph for the version's description: the verdict first, why in words, and where the
+    evidence is. Every value from input (rule names are policy ids; the summary quotes metrics) is one
+    line and bounded; MLflow renders the description as markdown, so brackets and angle brackets go."""
+    from gate.textsafe import one_line
+
+    def clean(text: str, limit: int = 300) -> str:
+        return one_line(text, limit).translate(str.maketrans({c: " " for c in "[]<>`*_|#"}))
+
+    words = verdict_words(report)
+    why = "; ".join(f"{clean(f.rule, 80)} = {'n/a' if f.value is None else format(f.value, '.4g')} "
+                    f"(needs {clean(f.condition, 40)})" for f in report.findings[:5]) or "every blocking rule held"
+    p = report.provenance
+    return (f"**gate: {words}.** {why}. Policy {clean(p.policy_name, 80)} (sha256 {p.policy_sha256[:12]}), "
+            f"report sha256 {report_sha256[:12]}, {p.finished_at}. [Validation run and reports]({run_link}) "
+            f"(artifacts gate/report.pdf, gate/report.html).")
+
+
+def with_summary(description: str, summary: str) -> str:
+    """The owner's description with gate's paragraph first, replacing the paragraph of an earlier validation."""
+    kept = description
+    start, end = kept.find(DESCRIPTION_START), kept.find(DESCRIPTION_END)
+    if start != -1 and end > start:
+        kept = kept[:start] + kept[end + len(DESCRIPTION_END):]
+    kept = kept.strip()[:MAX_DESCRIPTION]
+    return f"{DESCRIPTION_START}\n{summary}\n{DESCRIPTION_END}" + (f"\n\n{kept}" if kept else "")
+
+
+def run_note(report: Report, ref: ModelRef, report_sha256: str) -> str:
+    """The run's description (MLflow shows it at the top of the run page): which version, the verdict and
+    a link to the version's page."""
+    from urllib.parse import quote
+
+    link = f"#/models/{quote(ref.name, safe='')}/versions/{ref.version}"
+    return f"Validation of [{ref.name} version {ref.version}]({link}): " + version_summary(report, report_sha256,
+                                                                                             link)
+
+
+def _link_model(client, run_id: str, ref: ModelRef) -> None:
+    """MLflow 3 links a run to a model through the version's logged model (``model_id``): logged as the
+    run's input, the run page lists the model and the model's page lists the run. Versions registered
+    from a plain artifact path have no logged model; the tags and the description link them instead."""
+    from mlflow.entities import LoggedModelInput
+
+    model_id = getattr(client.get_model_version(ref.name, ref.version), "model_id", None)
+    if model_id:
+        client.log_inputs(run_id, datasets=None, models=[LoggedModelInput(model_id)])
 
 
 def abandon_validation_run(ref: ModelRef, tracking_uri: str, run_id: str) -> None:
@@ -72,14 +140,27 @@ def abandon_validation_run(ref: ModelRef, tracking_uri: str, run_id: str) -> Non
         pass
 
 
-def champion_record(ref: ModelRef, tracking_uri: str, alias: str) -> tuple[str, dict[str, float]] | None:
-    """The version that holds ``alias`` and the metrics of its last validation, when that validation passed
-    (None: the alias is free, or its holder has no passing validation to defend)."""
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The version a candidate is compared with, and its last passing validation as MLflow recorded it."""
+
+    version: str
+    label: str                  # e.g. "models:/brain-gen/1 (@champion)"
+    metrics: dict[str, float]   # CHECK.METRIC -> value, from the validation run
+    report_sha256: str | None
+
+
+def baseline_record(ref: ModelRef, tracking_uri: str, against: str) -> Baseline | None:
+    """The version named by ``against`` (an alias, with or without ``@``, or a version number) and the
+    metrics of its last validation, when that validation passed (None: the alias is free, or its holder
+    has no passing validation to defend)."""
     from mlflow.exceptions import MlflowException
 
     client = client_for(tracking_uri)
+    alias = against[1:] if against.startswith("@") else against
     try:
-        held = client.get_model_version_by_alias(ref.name, alias)
+        held = client.get_model_version(ref.name, alias) if alias.isdigit() else \
+            client.get_model_version_by_alias(ref.name, alias)
     except MlflowException:
         return None
     tags = held.tags or {}
@@ -90,7 +171,10 @@ def champion_record(ref: ModelRef, tracking_uri: str, alias: str) -> tuple[str, 
         metrics = client.get_run(str(run_id)).data.metrics
     except MlflowException:
         return None
-    return str(held.version), {str(k): float(v) for k, v in metrics.items()}
+    label = f"models:/{ref.name}/{held.version}" + ("" if alias.isdigit() else f" (@{alias})")
+    sha = tags.get("gate.report_sha256")
+    return Baseline(str(held.version), label, {str(k): float(v) for k, v in metrics.items()},
+                    str(sha)[:64] if sha else None)
 
 
 def promote(ref: ModelRef, tracking_uri: str, alias: str) -> str | None:

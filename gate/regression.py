@@ -50,9 +50,44 @@ def regressions(checks: Iterable[Any], candidate: Mapping[str, float],
                     or key not in candidate:
                 continue
             old, new = float(champion[key]), float(candidate[key])
-            if not (math.isfinite(old) and math.isfinite(new)):
-                continue
-            worse_by = (new - old) if way == "lower" else (old - new)
-            if worse_by > tolerance:
+            if _worse_by(old, new, way) > tolerance:
                 found.append(Regression(key, old, new, way))
     return found
+
+
+def _worse_by(old: float, new: float, way: str) -> float:
+    """How much worse ``new`` is than ``old`` (negative: better); not-a-number compares as no change."""
+    if not (math.isfinite(old) and math.isfinite(new)):
+        return 0.0
+    return (new - old) if way == "lower" else (old - new)
+
+
+def compare(report: Any, baseline: Mapping[str, float], label: str, baseline_sha256: str | None = None,
+            allowed: bool = False) -> Any:
+    """Every metric of ``report`` (a :class:`gate.report.Report`) beside ``baseline`` (``CHECK.METRIC ->
+    value``, the baseline's last passing validation), with the difference, the better side where a block
+    rule gives one, and whether it is a regression: worse by more than the rule's ``regression_tolerance``,
+    the same test as :func:`regressions`, read from the rules as the report recorded them."""
+    from gate.report import Comparison, ComparisonRow
+
+    rules = {f"{c.id}.{r.metric}": r for c in report.checks for r in c.rules if r.severity == "block"
+             or r.downgraded}
+    rows, found = [], []
+    for check in report.checks:
+        for metric, value in check.metrics.items():
+            key = f"{check.id}.{metric}"
+            old = baseline.get(key)
+            rule = rules.get(key)
+            way = direction(rule.bounds) if rule else None
+            tolerance = rule.regression_tolerance if rule else None
+            regression = bool(old is not None and value is not None and way and tolerance is not None
+                              and _worse_by(float(old), float(value), way) > tolerance)
+            if old is None and value is None:
+                continue
+            rows.append(ComparisonRow(metric=key, candidate=value, baseline=None if old is None else float(old),
+                                      difference=None if old is None or value is None else float(value) - float(old),
+                                      better=way, tolerance=tolerance, regression=regression))
+            if regression:
+                found.append(Regression(key, float(old), float(value), way).describe())
+    return Comparison(baseline=label, baseline_report_sha256=baseline_sha256, rows=rows, regressions=found,
+                      allowed=allowed)

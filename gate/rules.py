@@ -31,7 +31,7 @@ def evaluate_rule(check_id: str, rule: Any, metric: MetricDef, table: pd.DataFra
     return RuleOutcome(
         check_id=check_id, metric=rule.metric, bounds=rule.bounds(), condition=rule.describe(),
         severity=severity, value=None if math.isnan(value) else value, passed=rule.holds(value), line=line,
-        downgraded=downgraded)
+        downgraded=downgraded, regression_tolerance=getattr(rule, "regression_tolerance", None))
 
 
 def _expectation(rule: RuleOutcome, metric: MetricDef, meta: dict):

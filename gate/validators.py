@@ -10,7 +10,10 @@ A validator is a class with:
 - ``run(context, params) -> CheckOutput``;
 - optionally ``preflight(plan, params) -> list[str]``: the problems that the policy, the real sets as
   read and the sampling plan already show (missing labels, too small a holdout, shapes), one line each,
-  so that gate reports them all in seconds, before any model runs. ``run`` still checks what it needs.
+  so that gate reports them all in seconds, before any model runs. ``run`` still checks what it needs;
+- optionally ``blind_spots``: what the check cannot see, one sentence each (the compliance report lists
+  them, so that a pass is not read as more than it is), and ``advice``: metric name (or ``"*"``) -> what
+  to do when a block rule on it fails, in plain words.
 
 Raising inside ``run`` means "not validated": the check is recorded as an error and the verdict blocks.
 Raise :class:`gate.errors.InputError` for bad input so that the message names the input.
@@ -71,11 +74,13 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
-    """A PNG the validator wants in the HTML report."""
+    """A PNG the validator wants in the reports. ``shows_real_images``: it shows train or holdout images
+    (patients' scans), which a policy may have blurred or withheld (spec.report.patient_images)."""
 
     title: str
     png: bytes
     caption: str = ""
+    shows_real_images: bool = False
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from gate.imageio import check_same_size
 from gate.imageset import ImageSet
 from gate.registry import ModelRef, check_reachable, resolve_model, resolve_tracking_uri
 from gate.render.writer import write_reports
-from gate.regression import Regression, regressions
+from gate.regression import Regression, compare
 from gate.report import Report
 from gate.validators import Plan
 
@@ -37,6 +37,9 @@ class Request:
     promote_alias: str | None = None
     signing_key: Path | None = None  # Ed25519 private key: sign the result as an attestation
     allow_regression: bool = False   # promote even over an alias holder that scores better
+    #: compare with this version's last passing validation: an alias (``@champion``) or a version number;
+    #: None: the alias being promoted to, when one is held
+    against: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +132,10 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         outcome = run(inputs, candidate, cache_dir=CACHE_DIR, model_info=model_info, samples_dir=req.samples,
                       candidate_folder=req.samples, mlflow_run_id=run_id, tracking_uri=tracking_uri,
                       progress=progress, isolation=isolation, data_overrides=overrides)
+        baseline = _baseline(req, inputs, ref, tracking_uri) if ref else None
+        if baseline is not None:  # in the report itself, so that the board reads what the promotion weighed
+            outcome.report.comparison = compare(outcome.report, baseline.metrics, baseline.label,
+                                                baseline.report_sha256, allowed=req.allow_regression)
         sign = None
         if key is not None:
             from gate.attest import sign_validation
@@ -147,8 +154,10 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
             recording.finish_validation_run(ref, tracking_uri, run_id, outcome.report, sha, Path(req.out),
                                             attestation=envelope)
             if req.promote_alias and outcome.report.verdict == "pass":
-                found, champion = _regressions(req, inputs, outcome.report, ref, tracking_uri)
-                if not found:
+                comparison = outcome.report.comparison
+                if comparison is not None and comparison.refuses:
+                    found, champion = _as_regressions(comparison), baseline.version
+                else:
                     replaced = recording.promote(ref, tracking_uri, req.promote_alias)
                     promoted = True
         except Exception as exc:  # noqa: BLE001 - reports are on disk; the registry could not be updated
@@ -159,20 +168,21 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
                   champion=champion)
 
 
-def _regressions(req: Request, inputs: Inputs, report: Report, ref: ModelRef,
-                 tracking_uri: str) -> tuple[list[Regression], str | None]:
-    """The block rules on which the alias holder scores better than this passing candidate (none with
-    ``--allow-regression``, ``spec.promotion.compare: false``, a free alias or a holder without a pass)."""
+def _baseline(req: Request, inputs: Inputs, ref: ModelRef, tracking_uri: str):
+    """The version to compare with (``--against``, else the alias being promoted to) and its last passing
+    validation; None with ``spec.promotion.compare: false`` (and no --against), a free alias, a holder
+    without a pass, or when the holder is this version."""
     from gate import recording
 
-    spec = inputs.policy.model.spec
-    if req.allow_regression or not spec.promotion.compare:
-        return [], None
-    held = recording.champion_record(ref, tracking_uri, req.promote_alias)
-    if held is None or held[0] == str(ref.version):
-        return [], None
-    candidate = {f"{c.id}.{k}": float(v) for c in report.checks for k, v in c.metrics.items() if v is not None}
-    return regressions(spec.checks, candidate, held[1]), held[0]
+    against = req.against or (req.promote_alias if inputs.policy.model.spec.promotion.compare else None)
+    if not against:
+        return None
+    held = recording.baseline_record(ref, tracking_uri, against)
+    return None if held is None or held.version == str(ref.version) else held
+
+
+def _as_regressions(comparison) -> list[Regression]:
+    return [Regression(r.metric, r.baseline, r.candidate, r.better) for r in comparison.rows if r.regression]
 
 
 def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: str,

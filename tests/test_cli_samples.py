@@ -58,9 +58,16 @@ def test_copies_are_blocked_and_every_report_is_written(tmp_path, mri, policy, m
     assert "❌" in (out / "summary.md").read_text()
     from pypdf import PdfReader
 
-    pdf = " ".join(" ".join(pg.extract_text() for pg in PdfReader(out / "report.pdf").pages).split())
-    assert "gate compliance report: FAIL" in pdf and prov["policy_sha256"] in pdf and "Not signed" in pdf
-    assert "memorization.fraction_flagged" in pdf and "FAILED" in pdf
+    pages = PdfReader(out / "report.pdf").pages
+    first = " ".join(pages[0].extract_text().split())
+    pdf = " ".join(" ".join(pg.extract_text() for pg in pages).split())
+    # page 1 says why in words and shows the evidence: the flagged samples beside their nearest train images
+    assert "REFUSED" in first and "must not be promoted" in first and prov["policy_sha256"] in first
+    assert "memorization.fraction_flagged" in first and "What this means" in first and "What to do" in first
+    assert "not signed" in first and len(pages[0].images) == 1
+    # every check's status comes from its rules: the check whose block rule failed is headed FAIL, never ok
+    assert "check memorization (memorization): FAIL" in pdf and "(memorization): OK" not in pdf
+    assert "Not signed" in pdf and "Appendix A. Policy" in pdf
     gx = json.loads((out / "gx_validation.json").read_text())
     assert gx["suites"]["memorization.samples"]["success"] is False
     # gate report renders the same HTML again from the folder alone (figures included)
@@ -69,7 +76,7 @@ def test_copies_are_blocked_and_every_report_is_written(tmp_path, mri, policy, m
     assert (tmp_path / "again" / "report.html").read_text() == html
     assert (tmp_path / "again" / "summary.md").read_text() == (out / "summary.md").read_text()
     again = " ".join(" ".join(pg.extract_text() for pg in PdfReader(tmp_path / "again" / "report.pdf").pages).split())
-    assert "gate compliance report: FAIL" in again and not (tmp_path / "again" / "report.json").exists()
+    assert "REFUSED" in again and not (tmp_path / "again" / "report.json").exists()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "report.json").write_text('{"verdict": "pass"}')
     res = gate("report", tmp_path / "bad")

@@ -1,22 +1,40 @@
-"""report.pdf: the compliance report a governance board reads (fpdf2, pure Python, offline).
+"""report.pdf: the compliance report a governance board reads and signs (fpdf2, pure Python, offline).
 
-What was validated, against which policy (its full text and digest), by which gate, validators,
-libraries and extractor weights, the results with their evidence, the signature and how to check it,
-and the waivers (block rules that only warned, with the reason).
+Laid out after the fields that FDA's guidance on AI-enabled device software functions, its guidance on
+predetermined change control plans and the EU AI Act's Annex IV ask of technical documentation:
+
+1. page 1, the decision: the verdict in words, each failed blocking rule with its value, bound, what it
+   means and what to do, the model version and its immutable identity, the policy and its digest, the
+   signature, and the evidence figure of the first failing check;
+2. the evidence of each check (its status derived from its rules), with every figure the check drew;
+3. the data: each set's manifest, counts that add up, and the independence of the sets;
+4. intended use, limitations, what the metrics cannot see, the sampling plan and seeds;
+5. the change against the version that holds the alias (PCCP-style impact), then waivers and signature;
+appendix: the policy's full text, software, weights digests and retention.
+
+Everything comes from the :class:`Report` (the same fields as report.json and the HTML report) and the
+figures written beside it; nothing here computes a result.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 from pathlib import Path
+from typing import Sequence
 
-from gate.report import Report
+from gate.report import Report, verdict_words
 from gate.textsafe import one_line
+from gate.validators import Figure
 
 _PLAIN = {"≤": "<=", "≥": ">=", "—": "-", "–": "-", "…": "...", "×": "x", "±": "+/-", "→": "->", "ρ": "rho",
-          "√": "sqrt", "‘": "'", "’": "'", "“": '"', "”": '"', "✅": "[ok]", "❌": "[X]", "⚠": "[!]"}
+          "√": "sqrt", "‘": "'", "’": "'", "“": '"', "”": '"', "✅": "[ok]", "❌": "[X]", "⚠": "[!]", "²": "^2"}
+_COLOURS = {"pass": (46, 125, 50), "fail": (198, 40, 40), "error": (106, 27, 154), "warn": (178, 106, 0)}
+MAX_FIGURE_PIXELS = 40_000_000
+#: at most this many failed rules are spelled out on page 1 (the rest follow in section 2)
+PAGE_ONE_FINDINGS = 4
 
 
 def _text(s: object) -> str:
@@ -27,121 +45,329 @@ def _text(s: object) -> str:
     return out.encode("latin-1", "replace").decode("latin-1")
 
 
-def render_pdf(report: Report, attestation: str | None = None) -> bytes:
-    from fpdf import FPDF
+class _Doc:
+    """A thin layer over FPDF: headings, labelled lines, wrapped text, tables and figures, all through
+    :func:`_text` and :func:`one_line`, so that no input text can forge a line or break the font."""
 
-    p = report.provenance
-    pdf = FPDF(format="A4")
-    pdf.set_auto_page_break(True, margin=15)
-    pdf.add_page()
-    width = pdf.w - pdf.l_margin - pdf.r_margin
+    def __init__(self) -> None:
+        from fpdf import FPDF
 
-    def heading(title: str) -> None:
-        pdf.ln(2)
-        pdf.set_font("Helvetica", "B", 12)
-        pdf.multi_cell(width, 7, _text(title), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 9)
+        self.pdf = FPDF(format="A4")
+        self.pdf.set_auto_page_break(True, margin=15)
+        self.pdf.set_fill_color(235, 235, 235)
+        self.pdf.add_page()
+        self.width = self.pdf.w - self.pdf.l_margin - self.pdf.r_margin
 
-    def line(label: str, value: object) -> None:
-        pdf.set_font("Helvetica", "B", 9)
-        pdf.cell(45, 5, _text(label))
-        pdf.set_font("Helvetica", "", 9)
+    def heading(self, title: str, size: int = 12) -> None:
+        self.pdf.ln(2)
+        self.pdf.set_font("Helvetica", "B", size)
+        self.pdf.multi_cell(self.width, size * 0.6, _text(title), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.set_font("Helvetica", "", 9)
+
+    def line(self, label: str, value: object, bold_value: bool = False) -> None:
+        self.pdf.set_font("Helvetica", "B", 9)
+        self.pdf.cell(42, 5, _text(label))
+        self.pdf.set_font("Helvetica", "B" if bold_value else "", 9)
         # a field is one line: a folder or model name with newlines must not forge lines of the report
-        pdf.multi_cell(width - 45, 5, _text(one_line(value, 4000)), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.multi_cell(self.width - 42, 5, _text(one_line(value, 4000)), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.set_font("Helvetica", "", 9)
 
-    def mono(text: str) -> None:
-        pdf.set_font("Courier", "", 7)
-        pdf.multi_cell(width, 3.4, _text(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 9)
+    def para(self, text: str, size: float = 9, style: str = "", height: float = 4.6) -> None:
+        self.pdf.set_font("Helvetica", style, size)
+        self.pdf.multi_cell(self.width, height, _text(text), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.set_font("Helvetica", "", 9)
 
-    pdf.set_font("Helvetica", "B", 16)
-    pdf.multi_cell(width, 9, _text(f"gate compliance report: {report.verdict.upper()}"), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", "", 9)
-    pdf.multi_cell(width, 5, _text(one_line(report.summary, 4000)), new_x="LMARGIN", new_y="NEXT")
+    def mono(self, text: str) -> None:
+        self.pdf.set_font("Courier", "", 7)
+        self.pdf.multi_cell(self.width, 3.4, _text(text), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.set_font("Helvetica", "", 9)
 
-    heading("1. What was validated")
+    def banner(self, text: str, colour: tuple[int, int, int]) -> None:
+        self.pdf.set_fill_color(*colour)
+        self.pdf.set_text_color(255, 255, 255)
+        self.pdf.set_font("Helvetica", "B", 14)
+        self.pdf.multi_cell(self.width, 10, _text(text), fill=True, align="C", new_x="LMARGIN", new_y="NEXT")
+        self.pdf.set_text_color(0, 0, 0)
+        self.pdf.set_fill_color(235, 235, 235)  # tables' heading rows use the fill colour
+        self.pdf.set_font("Helvetica", "", 9)
+
+    def status(self, text: str, outcome: str) -> None:
+        self.pdf.set_text_color(*_COLOURS.get(outcome, (0, 0, 0)))
+        self.heading(text, 11)
+        self.pdf.set_text_color(0, 0, 0)
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[object]], widths: Sequence[float],
+              size: float = 7.5) -> None:
+        self.pdf.set_font("Helvetica", "", size)
+        with self.pdf.table(col_widths=tuple(widths), text_align="LEFT", line_height=size * 0.5,
+                            first_row_as_headings=True) as table:
+            for cells in [header, *rows]:
+                row = table.row()
+                for cell in cells:
+                    row.cell(_text(one_line(cell, 400)))
+        self.pdf.set_font("Helvetica", "", 9)
+
+    def figure(self, fig: Figure, max_height: float | None = None) -> bool:
+        """Place a figure scaled to the text width (and to ``max_height`` mm); False when it does not fit
+        in ``max_height`` at a legible size (at least 35 mm high)."""
+        from PIL import Image
+
+        try:  # a figure read back from a report folder may be anything that starts like a PNG
+            with Image.open(io.BytesIO(fig.png)) as im:
+                w_px, h_px = im.size
+            if w_px * h_px > MAX_FIGURE_PIXELS:
+                raise ValueError(f"{w_px}x{h_px} pixels")
+        except Exception as exc:  # noqa: BLE001 - one unreadable figure must not lose the report
+            self.para(f"(figure '{one_line(fig.title, 100)}' could not be drawn: {type(exc).__name__})", size=8)
+            return True
+        w = self.width
+        h = w * h_px / max(w_px, 1)
+        if max_height is not None and h > max_height:
+            if max_height < 35:
+                return False
+            h, w = max_height, max_height * w_px / max(h_px, 1)
+        self.pdf.set_font("Helvetica", "B", 8.5)
+        self.pdf.multi_cell(self.width, 4.2, _text(one_line(fig.title, 300)), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.image(io.BytesIO(fig.png), x=self.pdf.l_margin + (self.width - w) / 2, w=w, h=h)
+        if fig.caption:
+            self.para(one_line(fig.caption, 1500), size=7.5, height=3.6)
+        return True
+
+    def room(self) -> float:
+        """Millimetres left on the current page."""
+        return self.pdf.h - self.pdf.b_margin - self.pdf.get_y()
+
+    def output(self) -> bytes:
+        return bytes(self.pdf.output())
+
+
+def render_pdf(report: Report, attestation: str | None = None,
+               figures: dict[str, list[Figure]] | None = None) -> bytes:
+    figures = figures or {}
+    doc = _Doc()
+    statement = _statement(attestation) if attestation else None
+    _decision(doc, report, statement, figures)
+    _evidence(doc, report, figures)
+    _data(doc, report)
+    _use(doc, report)
+    _change(doc, report)
+    _waivers_and_signature(doc, report, attestation, statement)
+    _appendix(doc, report)
+    return doc.output()
+
+
+def _statement(attestation: str) -> dict:
+    env = json.loads(attestation)
+    return {"envelope": env, "statement": json.loads(base64.b64decode(env["payload"]))}
+
+
+def _decision(doc: _Doc, report: Report, signed: dict | None, figures: dict[str, list[Figure]]) -> None:
+    p = report.provenance
+    doc.heading("gate compliance report", 16)
+    doc.banner(f"{report.verdict.upper()} - {verdict_words(report)}", _COLOURS[report.verdict])
+    doc.pdf.ln(1)
     if p.model:
-        for key in ("name", "version", "source", "run_id", "generator_mode"):
-            if p.model.get(key) is not None:
-                line(f"model {key}", p.model[key])
+        m = p.model
+        doc.line("model version", f"models:/{m.get('name')}/{m.get('version')}", bold_value=True)
+        doc.line("identity", f"artifacts sha256 {m.get('artifacts_sha256', 'n/a')}; registered "
+                             f"{m.get('creation_timestamp', 'n/a')} (ms); run {m.get('run_id') or 'n/a'}")
     else:
-        line("samples folder", p.samples_dir)
-    if p.mlflow_run_id:
-        line("validation run", f"{p.mlflow_run_id} on {p.tracking_uri}")
-    line("started / finished", f"{p.started_at} / {p.finished_at}")
-    line("mode", f"{report.mode} (blocking: {report.blocking})")
-
-    heading("2. Policy")
-    line("name", p.policy_name)
-    line("sha256", p.policy_sha256)
-    line("file", p.policy_path)
-    policy_file = Path(p.policy_path)
-    if policy_file.is_file() and hashlib.sha256(policy_file.read_bytes()).hexdigest() == p.policy_sha256:
-        mono(policy_file.read_text(encoding="utf-8"))
+        doc.line("candidate", f"samples folder {p.samples_dir} (no registry version: nothing to promote)",
+                 bold_value=True)
+    doc.line("policy", f"{p.policy_name}, sha256 {p.policy_sha256}")
+    doc.line("mode", f"{report.mode}; {'blocks promotion' if report.blocking else 'does not block'}")
+    if signed:
+        env = signed["envelope"]
+        doc.line("signature", f"signed (Ed25519, key {env['signatures'][0]['keyid']}); verify with gate verify")
     else:
-        pdf.multi_cell(width, 5, "The policy file has changed or moved since the run; its digest above is the "
-                                 "one validated.", new_x="LMARGIN", new_y="NEXT")
+        doc.line("signature", "not signed")
+    doc.line("validated", f"{p.started_at} to {p.finished_at}")
 
-    heading("3. Data, software and weights")
+    if report.findings:
+        doc.heading("Why" if report.verdict != "pass" else "Findings")
+        for f in report.findings[:PAGE_ONE_FINDINGS]:
+            value = "n/a" if f.value is None else f"{f.value:.4g}"
+            doc.para(f"{f.rule} = {value}, needs {f.condition}: FAILED", size=9.5, style="B", height=5)
+            doc.para(f"What this means: {f.meaning}", size=8.5, height=4.2)
+            doc.para(f"What to do: {f.action}", size=8.5, height=4.2)
+            doc.pdf.ln(1)
+        if len(report.findings) > PAGE_ONE_FINDINGS:
+            doc.para(f"... and {len(report.findings) - PAGE_ONE_FINDINGS} more, in section 2.", size=8.5)
+    else:
+        doc.heading("Why")
+        doc.para("Every blocking rule held and every check ran to the end.")
+    if report.comparison is not None:
+        c = report.comparison
+        worse = "; ".join(c.regressions) if c.regressions else "no regression beyond the policy's tolerances"
+        doc.para(f"Against {c.baseline}: {worse}{' (allowed by --allow-regression)' if c.allowed and c.regressions else ''}.",
+                 size=8.5)
+    fig = _page_one_figure(report, figures)
+    if fig is not None:
+        doc.pdf.ln(1)
+        placed = doc.figure(fig, max_height=doc.room() - 14)
+        if not placed:
+            doc.para(f"Evidence: see '{one_line(fig.title, 100)}' in section 2.", size=8.5)
+
+
+def _page_one_figure(report: Report, figures: dict[str, list[Figure]]) -> Figure | None:
+    """The first figure of the first check that failed (its evidence: the flagged samples beside their
+    nearest train images, the Dice per class), else of the first check with figures."""
+    ordered = sorted(report.checks, key=lambda c: {"fail": 0, "error": 1, "warn": 2, "pass": 3}[c.outcome])
+    for check in ordered:
+        items = figures.get(check.id) or []
+        if items:
+            # a check's evidence figure is the one showing samples, when it drew one
+            return next((f for f in items if f.shows_real_images), items[0])
+    return None
+
+
+def _evidence(doc: _Doc, report: Report, figures: dict[str, list[Figure]]) -> None:
+    doc.pdf.add_page()
+    doc.heading("2. Evidence, check by check")
+    if report.gx_evidence:
+        doc.para(f"Every rule was re-checked by Great Expectations over the per-sample tables "
+                 f"({report.gx_evidence}, beside this file).", size=8)
+    for c in report.checks:
+        doc.status(f"check {c.id} ({c.validator}): {c.outcome.upper()}", c.outcome)
+        if c.error:
+            doc.para(f"Error: {one_line(c.error, 1500)}", size=8.5)
+        if c.rules:
+            rows = [[r.metric, "n/a" if r.value is None else f"{r.value:.4g}", r.condition, r.severity,
+                     _rule_state(r), r.line or ""] for r in c.rules]
+            doc.table(["metric", "value", "needs", "severity", "result", "policy line"], rows,
+                      (46, 20, 26, 16, 56, 16))
+        for fig in figures.get(c.id, []):
+            if doc.room() < 60:
+                doc.pdf.add_page()
+            doc.figure(fig, max_height=min(doc.room() - 10, 120))
+        shown = [(k, v) for k, v in c.metrics.items() if v is not None]
+        if shown:
+            doc.para("Metrics:", size=8, style="B")
+            doc.mono("  " + ", ".join(f"{k}={v:.4g}" for k, v in shown[:60]))
+        for spot in c.blind_spots:
+            doc.para(f"Cannot see: {spot}", size=8)
+
+
+def _rule_state(rule) -> str:
+    if rule.passed:
+        return "held"
+    if rule.severity == "block":
+        return "FAILED"
+    return "not met (warning)" + (f": block rule downgraded, {rule.downgraded}" if rule.downgraded else "")
+
+
+def _data(doc: _Doc, report: Report) -> None:
+    p = report.provenance
+    doc.heading("3. Data and independence")
+    rows = []
     for d in p.data:
-        line(f"data: {d.name}", f"{d.n_images} images {'x'.join(map(str, d.shape))}, manifest sha256 {d.sha256}"
-                                f" ({len(d.files)} files{', ' + d.folder if d.folder else ''})")
-    line("gate", p.gate_version)
+        if d.origin == "drawn":
+            files = "none: drawn from the model"
+        else:
+            files = f"{d.n_image_files} image + {d.n_label_files} label = {len(d.files)}"
+        rows.append([d.name, d.folder or ("(drawn)" if d.origin == "drawn" else ""), d.n_images,
+                     "x".join(map(str, d.shape)), files, d.sha256[:16]])
+    doc.table(["set", "folder", "images", "shape", "files", "manifest sha256"], rows, (18, 58, 14, 16, 48, 26))
+    doc.para("Images are 2D samples: a volume contributes one image per slice kept, so images and files differ "
+             "for volumes; a labelled set lists one label file per image file.", size=7.5)
+    ind = report.independence
+    if ind is not None:
+        rows = [[f"{a} / {b}", o.shared_files, o.shared_images, o.shared_subjects, ", ".join(o.examples)]
+                for o in ind.pairs for a, b in [o.sets]]
+        doc.table(["sets", "same files", "same images", "same subjects", "examples"], rows, (32, 20, 22, 24, 82))
+        counts = ", ".join(f"{k}: {v}" for k, v in ind.subjects.items())
+        doc.para(f"Same files: equal content hashes (label maps left out); same images: equal pixels (blank images "
+                 f"left out); subjects: ids in file names matching {ind.subject_pattern} ({counts} found). "
+                 f"Any overlap between train and holdout voids the holdout's evidence.", size=7.5)
+
+
+def _use(doc: _Doc, report: Report) -> None:
+    s = report.statement
+    doc.heading("4. Intended use, limitations and sampling plan")
+    doc.line("intended use", s.intended_use or "not stated in the policy (metadata.intended_use)")
+    for item in s.limitations:
+        doc.para(f"- Limitation: {one_line(item, 1000)}", size=8.5)
+    if not s.limitations:
+        doc.para("- No limitations stated in the policy (metadata.limitations).", size=8.5)
+    for c in report.checks:
+        for spot in c.blind_spots:
+            doc.para(f"- {c.id} cannot see: {spot}", size=8.5)
+    doc.line("sampling", ", ".join(f"{k}={v}" for k, v in s.sampling.items() if v is not None))
+    doc.line("seeds", ", ".join(f"{k}={v}" for k, v in report.provenance.seeds.items()))
+    doc.line("isolation", report.provenance.isolation or "none (a folder of samples: no model ran)")
+
+
+def _change(doc: _Doc, report: Report) -> None:
+    doc.heading("5. Change against the current champion")
+    c = report.comparison
+    if c is None:
+        doc.para("No comparison: no alias holder with a passing validation to compare with (or the candidate "
+                 "is a folder of samples).", size=8.5)
+        return
+    doc.para(f"Baseline: {one_line(c.baseline, 200)}, report sha256 {c.baseline_report_sha256 or 'n/a'}. "
+             f"Regression: worse than the baseline by more than the rule's regression_tolerance.", size=8.5)
+    rows = [[r.metric, _num(r.candidate), _num(r.baseline), _num(r.difference), r.better or "",
+             "" if r.tolerance is None else f"{r.tolerance:g}", "REGRESSION" if r.regression else ""]
+            for r in sorted(c.rows, key=lambda r: (not r.regression, r.better is None, r.metric))[:80]]
+    doc.table(["metric", "candidate", "baseline", "difference", "better", "tolerance", ""], rows,
+              (58, 20, 20, 20, 14, 16, 26))
+    if len(c.rows) > 80:
+        doc.para(f"{len(c.rows) - 80} more metrics in report.json (comparison.rows).", size=7.5)
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _waivers_and_signature(doc: _Doc, report: Report, attestation: str | None, signed: dict | None) -> None:
+    doc.heading("6. Waivers")
+    waived = [(c.id, r) for c in report.checks for r in c.rules if r.downgraded]
+    for cid, r in waived:
+        doc.para(f"  {cid}.{r.metric}: block rule reported as a warning because {r.downgraded}", size=8)
+    if not waived:
+        doc.para("None: every block rule was enforced as written.", size=8.5)
+
+    doc.heading("7. Signature")
+    if signed:
+        env, statement = signed["envelope"], signed["statement"]
+        doc.line("format", "in-toto Statement v1 in a DSSE envelope, Ed25519")
+        doc.line("subject", f"{statement['subject'][0]['name']} (artifacts sha256 "
+                            f"{statement['subject'][0]['digest']['sha256']})")
+        doc.line("signed report sha256", statement["predicate"]["report_sha256"])
+        doc.line("key id", env["signatures"][0]["keyid"])
+        doc.line("issued", statement["predicate"]["issued_at"])
+        doc.line("how to verify", f"gate verify {statement['subject'][0]['name']} --public-key gate-signing.pub "
+                                  "(or gate verify <this folder> --public-key gate-signing.pub)")
+    else:
+        doc.para("Not signed: run gate with --signing-key to attach a verifiable attestation.", size=8.5)
+
+
+def _appendix(doc: _Doc, report: Report) -> None:
+    p = report.provenance
+    doc.pdf.add_page()
+    doc.heading("Appendix A. Policy")
+    doc.line("name", p.policy_name)
+    doc.line("sha256", p.policy_sha256)
+    doc.line("file", p.policy_path)
+    policy_file = Path(p.policy_path)
+    if policy_file.is_file() and policy_file.stat().st_size < 1 << 20 \
+            and hashlib.sha256(policy_file.read_bytes()).hexdigest() == p.policy_sha256:
+        doc.mono(policy_file.read_text(encoding="utf-8"))
+    else:
+        doc.para("The policy file has changed or moved since the run; its digest above is the one validated.")
+    doc.heading("Appendix B. Software and weights")
+    doc.line("gate", p.gate_version)
     for name, version in p.validators.items():
-        line(f"validator {name}", version)
-    line("libraries", ", ".join(f"{k} {v}" for k, v in sorted(p.libraries.items())))
-    line("seeds", ", ".join(f"{k}={v}" for k, v in p.seeds.items()))
+        doc.line(f"validator {name}", version)
+    doc.line("libraries", ", ".join(f"{k} {v}" for k, v in sorted(p.libraries.items())))
     for c in report.checks:
         weights = {k: v for k, v in c.provenance.items() if "sha256" in k or k in ("extractor", "backend")}
         if weights:
-            line(f"{c.id} evidence", json.dumps(weights, sort_keys=True, default=str))
-
-    heading("4. Results")
-    for c in report.checks:
-        pdf.set_font("Helvetica", "B", 10)
-        pdf.multi_cell(width, 6, _text(f"check {c.id} ({c.validator}): {c.status}"
-                                       + (f" - {c.error}" if c.error else "")), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 8)
-        for r in c.rules:
-            value = "n/a" if r.value is None else f"{r.value:.4g}"
-            state = "held" if r.passed else ("FAILED" if r.severity == "block" else "not met (warn)")
-            where = f" (policy line {r.line})" if r.line else ""
-            pdf.multi_cell(width, 4.5, _text(f"  {c.id}.{r.metric} = {value}, needs {r.condition} "
-                                             f"[{r.severity}]: {state}{where}"), new_x="LMARGIN", new_y="NEXT")
-        shown = {k: v for k, v in c.metrics.items() if v is not None}
-        if shown:
-            mono("  " + ", ".join(f"{k}={v:.4g}" for k, v in list(shown.items())[:40]))
-    if report.gx_evidence:
-        line("re-checked by", f"Great Expectations ({report.gx_evidence}, beside this file)")
-
-    heading("5. Waivers")
-    waived = [(c.id, r) for c in report.checks for r in c.rules if r.downgraded]
-    if waived:
-        for cid, r in waived:
-            pdf.multi_cell(width, 4.5, _text(f"  {cid}.{r.metric}: block rule reported as a warning because "
-                                             f"{r.downgraded}"), new_x="LMARGIN", new_y="NEXT")
-    else:
-        pdf.multi_cell(width, 5, "None: every block rule was enforced as written.", new_x="LMARGIN", new_y="NEXT")
-
-    heading("6. Signature")
-    if attestation:
-        env = json.loads(attestation)
-        statement = json.loads(base64.b64decode(env["payload"]))
-        line("format", "in-toto Statement v1 in a DSSE envelope, Ed25519")
-        line("subject", f"{statement['subject'][0]['name']} (artifacts sha256 "
-                        f"{statement['subject'][0]['digest']['sha256']})")
-        line("signed report sha256", statement["predicate"]["report_sha256"])
-        line("key id", env["signatures"][0]["keyid"])
-        line("issued", statement["predicate"]["issued_at"])
-        line("how to verify", f"gate verify {statement['subject'][0]['name']} --public-key gate-signing.pub "
-                              "(or gate verify <this folder> --public-key gate-signing.pub)")
-    else:
-        pdf.multi_cell(width, 5, "Not signed: run gate with --signing-key to attach a verifiable attestation.",
-                       new_x="LMARGIN", new_y="NEXT")
-    return bytes(pdf.output())
-
-
-def write_pdf(report: Report, out_dir: Path, attestation: str | None = None) -> None:
-    tmp = Path(out_dir) / ".report.pdf.tmp"
-    tmp.write_bytes(render_pdf(report, attestation))
-    tmp.replace(Path(out_dir) / "report.pdf")
+            doc.line(f"{c.id} weights", json.dumps(weights, sort_keys=True, default=str))
+    if p.mlflow_run_id:
+        doc.line("validation run", f"{p.mlflow_run_id} on {p.tracking_uri}")
+    doc.heading("Appendix C. Retention")
+    doc.para(report.statement.retention or
+             "Not stated in the policy (metadata.retention). The reports, this PDF and the per-sample tables are "
+             "kept in the report folder and, for a registry version, as artifacts of its validation run in "
+             "MLflow's experiment 'gate', for as long as that store keeps them.", size=8.5)

@@ -20,6 +20,7 @@ from gate.render.html import render_html
 from gate.render.junit import render_junit
 from gate.render.markdown import render_summary
 from gate.render.pdf import render_pdf
+from gate.render.redact import redact
 from gate.report import Report
 from gate.textsafe import one_line
 from gate.validators import Figure
@@ -43,8 +44,9 @@ def write_reports(outcome: Outcome, out_dir: Path, sign: Callable[[str], str] | 
             neutralise_formulas(table).to_csv(stage / "samples" / f"{check_id}.csv", index=False, float_format="%.6g")
         if outcome.gx_evidence:
             (stage / "gx_validation.json").write_text(json.dumps(outcome.gx_evidence, indent=1, default=str))
-        _write_figures(stage, outcome.figures)
-        (stage / "report.html").write_text(render_html(report, outcome.figures), encoding="utf-8")
+        figures = redact(outcome.figures, report.patient_images)
+        _write_figures(stage, figures)
+        (stage / "report.html").write_text(render_html(report, figures), encoding="utf-8")
         (stage / "junit.xml").write_text(render_junit(report), encoding="utf-8")
         (stage / "summary.md").write_text(render_summary(report), encoding="utf-8")
         body = report.model_dump_json(indent=2).encode()
@@ -52,7 +54,7 @@ def write_reports(outcome: Outcome, out_dir: Path, sign: Callable[[str], str] | 
         envelope = sign(sha) if sign else None
         if envelope:
             (stage / ENVELOPE_FILE).write_text(envelope + "\n", encoding="utf-8")
-        (stage / "report.pdf").write_bytes(render_pdf(report, envelope))
+        (stage / "report.pdf").write_bytes(render_pdf(report, envelope, figures))
         (stage / "report.json").write_bytes(body)
         (out_dir / "samples").mkdir(exist_ok=True)
         (out_dir / "figures").mkdir(exist_ok=True)
@@ -78,7 +80,8 @@ def _write_figures(stage: Path, figures: dict[str, list[Figure]]) -> None:
         for n, fig in enumerate(items):
             name = f"{hashlib.sha256(check_id.encode()).hexdigest()[:12]}-{n}.png"  # ids come from input
             (stage / "figures" / name).write_bytes(fig.png)
-            index.append({"check": check_id, "file": name, "title": fig.title, "caption": fig.caption})
+            index.append({"check": check_id, "file": name, "title": fig.title, "caption": fig.caption,
+                          "shows_real_images": fig.shows_real_images})
     (stage / FIGURES_INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
 
 
@@ -126,7 +129,7 @@ def rerender(folder: Path, out_dir: Path | None = None) -> list[str]:
             envelope = text
     try:
         files = {"report.html": render_html(report, figures).encode(), "junit.xml": render_junit(report).encode(),
-                 "summary.md": render_summary(report).encode(), "report.pdf": render_pdf(report, envelope)}
+                 "summary.md": render_summary(report).encode(), "report.pdf": render_pdf(report, envelope, figures)}
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise InputError(f"{source}: a report this gate cannot render ({type(exc).__name__}: "
                          f"{one_line(str(exc), 200)})") from None
@@ -144,8 +147,8 @@ def _read_figures(folder: Path) -> dict[str, list[Figure]]:
         return {}
     try:
         index = json.loads(_read_regular(index_path, 1 * 2**20))
-        items = [(str(i["check"]), Path(str(i["file"])).name, str(i["title"]), str(i.get("caption", "")))
-                 for i in index]
+        items = [(str(i["check"]), Path(str(i["file"])).name, str(i["title"]), str(i.get("caption", "")),
+                  i.get("shows_real_images") is True) for i in index]
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{index_path}: not a figure index ({type(exc).__name__})") from None
     if len(items) > MAX_FIGURES:
@@ -154,7 +157,7 @@ def _read_figures(folder: Path) -> dict[str, list[Figure]]:
         raise InputError(f"{folder / 'figures'}: a link (a report folder holds plain files)")
     figures: dict[str, list[Figure]] = {}
     seen, total = set(), 0
-    for check, name, title, caption in items:
+    for check, name, title, caption, real in items:
         if name in seen:
             raise InputError(f"{index_path}: lists {one_line(name, 80)} twice")
         seen.add(name)
@@ -163,7 +166,7 @@ def _read_figures(folder: Path) -> dict[str, list[Figure]]:
         if not png.startswith(PNG_MAGIC) or total > MAX_FIGURES_TOTAL:
             raise InputError(f"{folder / 'figures' / one_line(name, 80)}: not a PNG, or the figures exceed "
                              f"{MAX_FIGURES_TOTAL} bytes together")
-        figures.setdefault(check, []).append(Figure(title, png, caption))
+        figures.setdefault(check, []).append(Figure(title, png, caption, real))
     return figures
 
 

@@ -97,6 +97,17 @@ def _uses_holdout(params: MemorizationParams, holdout) -> bool:
 
 class MemorizationValidator:
     name: ClassVar[str] = "memorization"
+    blind_spots: ClassVar[tuple[str, ...]] = (
+        "Copies of images that are not in the train set given to gate (another cohort the model saw) cannot be found.",
+        "A copy disguised by more than the invariance set covers (transforms beyond flips, 90-degree rotations, "
+        "shifts, noise and contrast changes, or heavy local editing) may score as novel.",
+        "It says whether samples copy training images, not whether they are anatomically plausible or useful.",
+    )
+    advice: ClassVar[dict[str, str]] = {
+        "*": "The generator reproduces training images: look at the flagged samples beside their nearest train "
+             "images. Retrain with more data or augmentation, regularise or stop earlier, or deduplicate the "
+             "training set; do not release samples of this version, which may disclose patients' scans.",
+    }
     Params: ClassVar[type[BaseModel]] = MemorizationParams
     columns: ClassVar[tuple[str, ...]] = (
         "sample_id", "similarity", "mi", "oni", "nn_train_id", "consensus", "p_value", "flagged",
@@ -317,7 +328,7 @@ class MemorizationValidator:
                 Figure("Flagged samples (or the most similar) beside their nearest train image",
                        figures.top_pairs(cand.images, train.images, pairs),
                        "Top row: candidate with similarity, MI and p-value; bottom row: its nearest train image "
-                       "and the transformation under which it matched."),
+                       "and the transformation under which it matched.", shows_real_images=True),
             ],
         )
 

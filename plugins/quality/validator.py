@@ -112,6 +112,18 @@ def _metric_defs() -> tuple[MetricDef, ...]:
 
 class QualityValidator:
     name: ClassVar[str] = "quality"
+    blind_spots: ClassVar[tuple[str, ...]] = (
+        "No-reference quality measures are blind to local anatomical errors (a missing ventricle, a wrong lesion) "
+        "and to memorization: a copied training slice scores as real.",
+        "A metric whose self-test did not show it sensitive to a failure only warns about it.",
+    )
+    advice: ClassVar[dict[str, str]] = {
+        "*": "The samples' image quality departs from the real images' band: look at the quality distributions "
+             "and the samples table for the worst samples (noise, blur, bias field, ghosting). Check the "
+             "generator's training (collapse, too few steps) and its output scaling.",
+        "degenerate_fraction": "Some samples are blank or constant: the generator fails on part of its output "
+                               "(look for the sample ids named in the diagnostics).",
+    }
     Params: ClassVar[type[BaseModel]] = QualityParams
     columns: ClassVar[tuple[str, ...]] = ("sample_id",) + IQMS + ("niqe", "degenerate") + iqms.SUMMARIES
     metrics: ClassVar[tuple[MetricDef, ...]] = _metric_defs()

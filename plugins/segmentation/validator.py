@@ -64,6 +64,16 @@ class SegmentationParams(BaseModel):
 
 class SegmentationValidator:
     name: ClassVar[str] = "segmentation"
+    blind_spots: ClassVar[tuple[str, ...]] = (
+        "It measures one downstream task (tissue segmentation of the classes in the labels) on the holdout given; "
+        "other tasks, scanners and populations are not covered.",
+        "A small holdout gives wide intervals: read the Dice intervals, not only the means.",
+    )
+    advice: ClassVar[dict[str, str]] = {
+        "*": "A segmenter trained on the candidate's images does not work on real scans: its labels and images "
+             "disagree (misaligned or implausible anatomy). Look at Dice per class and the worst cases, check "
+             "that the generator's label maps match its images, and retrain.",
+    }
     Params: ClassVar[type[BaseModel]] = SegmentationParams
     columns: ClassVar[tuple[str, ...]] = ("sample_id", "classes_present", "foreground_fraction")
     metrics: ClassVar[tuple[MetricDef, ...]] = tuple(
