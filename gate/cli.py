@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -204,12 +205,17 @@ def _run(req, quiet: bool, as_json: bool = False) -> None:
 def validate(policy: Path = PolicyOpt, model: Optional[str] = ModelOpt, samples: Optional[Path] = SamplesOpt,
              tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt, train: Optional[Path] = TrainOpt,
              holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt,
-             signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt) -> None:
+             signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt,
+             against: Optional[str] = typer.Option(None, "--against", help="with --model: put the comparison with "
+                                                   "this version's last passing validation in the report "
+                                                   "(@ALIAS or a version number)")) -> None:
     """Validate a candidate against a policy and write the reports."""
     from gate.workflow import Request
 
-    _run(Request(policy, out_dir, model, samples, tracking_uri, train, holdout, signing_key=signing_key), quiet,
-         as_json)
+    if against and not model:
+        fail(InputError("--against needs --model: a folder of samples has no registry version to compare"))
+    _run(Request(policy, out_dir, model, samples, tracking_uri, train, holdout, signing_key=signing_key,
+                 against=_against(against)), quiet, as_json)
 
 
 @app.command()
@@ -220,13 +226,55 @@ def promote(model: str = typer.Option(..., "--model", help="models:/NAME/VERSION
             signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt,
             allow_regression: bool = typer.Option(False, "--allow-regression",
                                                   help="promote even when the version holding the alias scores "
-                                                       "better on a block rule")) -> None:
+                                                       "better on a block rule (the comparison is still recorded)"),
+            against: Optional[str] = typer.Option(None, "--against", help="compare with this version's last "
+                                                  "passing validation: @ALIAS or a version number (default: the "
+                                                  "alias being set, when a version holds it)")) -> None:
     """Validate, then set the alias only on a pass (never otherwise); says which version held it, and
-    refuses to replace one that scores better unless --allow-regression."""
+    refuses to replace one that scores better unless --allow-regression. The comparison is in the report."""
     from gate.workflow import Request
 
     _run(Request(policy, out_dir, model, None, tracking_uri, train, holdout, promote_alias=alias,
-                 signing_key=signing_key, allow_regression=allow_regression), quiet, as_json)
+                 signing_key=signing_key, allow_regression=allow_regression, against=_against(against)),
+         quiet, as_json)
+
+
+def _against(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"@?[A-Za-z0-9_\-]{1,255}", value):
+        fail(InputError(f"--against {one_line(value, 80)}: expected @ALIAS or a version number"))
+    return value
+
+
+@app.command()
+def compare(baseline: str = typer.Argument(..., help="a report folder, or models:/NAME/VERSION (or @ALIAS)"),
+            candidate: str = typer.Argument(..., help="the same, for the validation to compare with the baseline"),
+            tracking_uri: Optional[str] = TrackingOpt,
+            as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON on stdout")) -> None:
+    """Every metric of CANDIDATE beside BASELINE's, with the difference and the regressions (worse than the
+    baseline by more than a block rule's regression_tolerance). Exit 0: no regression; 1: a regression."""
+    from gate.compare import compare_validations
+
+    try:
+        result = compare_validations(baseline, candidate, tracking_uri)
+    except GateError as exc:
+        fail(exc)
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        raise typer.Exit(int(ExitCode.BLOCKED if result.regressions else ExitCode.PASS))
+    from rich.table import Table
+
+    table = Table(title=f"{escape(one_line(candidate, 120))} against {escape(one_line(result.baseline, 120))}")
+    for col in ("metric", "candidate", "baseline", "difference", "better", "tolerance", ""):
+        table.add_column(col)
+    num = lambda v, fmt=".4g": "n/a" if v is None else format(v, fmt)  # noqa: E731
+    for r in result.rows:
+        table.add_row(escape(r.metric), num(r.candidate), num(r.baseline), num(r.difference, "+.4g"),
+                      r.better or "", "" if r.tolerance is None else f"{r.tolerance:g}",
+                      "[red]REGRESSION[/]" if r.regression else "")
+    out.print(table)
+    for line in result.regressions:
+        out.print(f"[red]regression[/]: {escape(line)}", highlight=False)
+    raise typer.Exit(int(ExitCode.BLOCKED if result.regressions else ExitCode.PASS))
 
 
 @app.command()

@@ -92,6 +92,10 @@ def version_summary(report: Report, report_sha256: str, run_link: str) -> str:
     words = verdict_words(report)
     why = "; ".join(f"{clean(f.rule, 80)} = {'n/a' if f.value is None else format(f.value, '.4g')} "
                     f"(needs {clean(f.condition, 40)})" for f in report.findings[:5]) or "every blocking rule held"
+    c = report.comparison
+    if c is not None and c.regressions:
+        why += (f"; against {clean(c.baseline, 120)}: " + "; ".join(clean(r, 160) for r in c.regressions[:3])
+                + (" (allowed)" if c.allowed else " (a regression: not promoted over it)"))
     p = report.provenance
     return (f"**gate: {words}.** {why}. Policy {clean(p.policy_name, 80)} (sha256 {p.policy_sha256[:12]}), "
             f"report sha256 {report_sha256[:12]}, {p.finished_at}. [Validation run and reports]({run_link}) "

@@ -86,7 +86,29 @@ def test_honest_generator_is_promoted_and_copier_refused(server, versions, polic
     assert res.exit_code == 1, res.output
     assert "refused" in res.output
     assert client.get_registered_model(NAME).aliases == {"champion": str(versions["honest"])}
-    assert client.get_model_version(NAME, str(versions["copier"])).tags["gate.verdict"] == "fail"
+    refused = client.get_model_version(NAME, str(versions["copier"]))
+    assert refused.tags["gate.verdict"] == "fail"
+    # MLflow's own pages say it first: the version's description opens with the verdict and why, linked to the
+    # run; the run is named, described and ended by the verdict, so a refusal is not a green "Finished"
+    first = refused.description.split("\n")[1]
+    assert first.startswith("**gate: REFUSED: this version must not be promoted.** memorization.fraction_flagged")
+    failed_run = client.get_run(refused.tags["gate.run_id"])
+    assert f"#/experiments/{failed_run.info.experiment_id}/runs/{failed_run.info.run_id}" in first
+    assert failed_run.info.status == "FAILED" and failed_run.info.run_name.endswith("[FAIL]")
+    assert f"#/models/{NAME}/versions/{versions['copier']}" in failed_run.data.tags["mlflow.note.content"]
+    assert client.get_run(tags["gate.run_id"]).info.status == "FINISHED"
+    passed = client.get_model_version(NAME, str(versions["honest"])).description
+    assert passed.split("\n")[1].startswith("**gate: PASSED")
+    # the owner's own description is kept below gate's paragraph, which a new validation replaces
+    client.update_model_version(NAME, str(versions["copier"]), description=refused.description + "\n\nOwner notes.")
+    # gate compare: the two versions' last validations side by side; the copier is worse on the block rule
+    res = gate("compare", f"models:/{NAME}@champion", f"models:/{NAME}/{versions['copier']}", "--tracking-uri",
+               server, "--json")
+    comparison = json.loads(res.stdout)
+    assert comparison["baseline"] == f"models:/{NAME}/{versions['honest']} (champion)"
+    row = next(r for r in comparison["rows"] if r["metric"] == "memorization.fraction_flagged")
+    assert row["better"] == "lower" and row["difference"] > 0.5 and row["regression"] is False  # no tolerance set
+    assert res.exit_code == 0
 
     # an alias resolves to its version
     res = gate("validate", "--model", f"models:/{NAME}@champion", "--tracking-uri", server, "--policy", policy,
@@ -123,6 +145,26 @@ def test_promote_refuses_to_replace_a_champion_that_scores_better_unless_allowed
     assert worse["rule"] == "memorization.fraction_flagged" and worse["direction"] == "lower"
     assert worse["candidate"] - worse["champion"] > 0.5
     assert client.get_registered_model(NAME).aliases == {"champion": str(versions["honest"])}
+
+    # one gate paragraph (this validation's, with the regression) above the owner's own notes
+    description = client.get_model_version(NAME, str(versions["copier"])).description
+    assert description.count("<!-- gate:start -->") == 1 and description.endswith("Owner notes.")
+    assert "a regression: not promoted over it" in description
+    # the comparison is in the report itself, and on the PDF's page 1 and its change section
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["comparison"]["baseline"] == f"models:/{NAME}/{versions['honest']} (@champion)"
+    assert report["comparison"]["regressions"][0].startswith("memorization.fraction_flagged")
+    assert report["comparison"]["baseline_report_sha256"] == hashlib.sha256((tmp_path / "h" / "report.json")
+                                                                            .read_bytes()).hexdigest()
+    from pypdf import PdfReader
+
+    pdf = " ".join(" ".join(p.extract_text() for p in PdfReader(tmp_path / "c" / "report.pdf").pages).split())
+    assert "5. Change against the current champion" in pdf and "REGRESSION" in pdf
+    # gate compare on the two report folders agrees, and exits 1 on the regression
+    res = gate("compare", tmp_path / "h", tmp_path / "c")
+    assert res.exit_code == 1 and "regression" in res.output and "memorization.fraction_flagged" in res.output
+    res = gate("compare", tmp_path / "h", tmp_path / "nowhere")
+    assert res.exit_code == 2 and "neither a report folder" in res.output
 
     res = gate("promote", "--model", copier, "--tracking-uri", server, "--policy", lenient, "--out",
                tmp_path / "c2", "--quiet")

@@ -9,9 +9,9 @@ import io
 
 from gate.validators import Figure
 
-#: Gaussian blur radius as a share of the figure's shorter side: a 128-pixel brain slice drawn at ~150
+#: Gaussian blur radius (at least 8 px) as a share of the figure's shorter side: a brain slice drawn at ~150
 #: pixels loses every anatomical detail, and the figure keeps its layout (where the pairs sit, the text)
-BLUR_SHARE = 0.03
+BLUR_SHARE = 0.04
 
 
 def redact(figures: dict[str, list[Figure]], mode: str) -> dict[str, list[Figure]]:
@@ -27,7 +27,7 @@ def _redact_one(fig: Figure, mode: str) -> Figure:
     with Image.open(io.BytesIO(fig.png)) as im:
         size = im.size
         if mode == "blur":
-            out = im.convert("RGB").filter(ImageFilter.GaussianBlur(max(4.0, BLUR_SHARE * min(size))))
+            out = im.convert("RGB").filter(ImageFilter.GaussianBlur(max(8.0, BLUR_SHARE * min(size))))
             note = "Patients' images blurred by policy (spec.report.patient_images: blur)."
         else:
             out = Image.new("RGB", size, (235, 235, 235))

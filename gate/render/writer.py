@@ -115,17 +115,13 @@ def rerender(folder: Path, out_dir: Path | None = None) -> list[str]:
     malformed is one InputError. Returns the files written."""
     folder, out_dir = Path(folder), Path(out_dir or folder)
     source = folder / "report.json"
-    body = _read_regular(source, MAX_REPORT_BYTES)
-    try:
-        report = Report.model_validate_json(body)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise InputError(f"{source}: not a gate report: {one_line(str(exc).splitlines()[0], 200)}") from None
+    report, digest = read_report(folder)
     figures = _read_figures(folder)
     envelope = None
     if (folder / ENVELOPE_FILE).is_symlink() or (folder / ENVELOPE_FILE).exists():
         text = _read_regular(folder / ENVELOPE_FILE, 1 * 2**20).decode("utf-8", "replace").strip()
         # shown only when it speaks for this report.json: the digest it signs must be this file's
-        if _signed_report_digest(text) == hashlib.sha256(body).hexdigest():
+        if _signed_report_digest(text) == digest:
             envelope = text
     try:
         files = {"report.html": render_html(report, figures).encode(), "junit.xml": render_junit(report).encode(),
@@ -139,6 +135,17 @@ def rerender(folder: Path, out_dir: Path | None = None) -> list[str]:
         tmp.write_bytes(data)
         os.replace(tmp, out_dir / name)  # a reader sees the old file or the new one, never half of one
     return [str(out_dir / name) for name in files]
+
+
+def read_report(folder: Path) -> tuple[Report, str]:
+    """A folder's report.json, bounded and validated (one InputError otherwise), and its sha256."""
+    source = Path(folder) / "report.json"
+    body = _read_regular(source, MAX_REPORT_BYTES)
+    try:
+        report = Report.model_validate_json(body)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise InputError(f"{source}: not a gate report: {one_line(str(exc).splitlines()[0], 200)}") from None
+    return report, hashlib.sha256(body).hexdigest()
 
 
 def _read_figures(folder: Path) -> dict[str, list[Figure]]:
