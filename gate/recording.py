@@ -41,6 +41,8 @@ RUN_STATUS = {"pass": "FINISHED", "fail": "FAILED", "error": "FAILED"}
 #: gate's paragraph in a version's description sits between these, so that the owner's own text is kept
 DESCRIPTION_START, DESCRIPTION_END = "<!-- gate:start -->", "<!-- gate:end -->"
 MAX_DESCRIPTION = 20_000
+#: escaped in names that come from input (a policy's or a model's name), so they cannot open a link or a tag
+MARKDOWN_SPECIAL = set("\\`*_{}[]<>()#|!")
 
 
 def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report: Report, report_sha256: str,
@@ -86,20 +88,25 @@ def version_summary(report: Report, report_sha256: str, run_link: str) -> str:
     line and bounded; MLflow renders the description as markdown, so brackets and angle brackets go."""
     from gate.textsafe import one_line
 
-    def clean(text: str, limit: int = 300) -> str:
-        return one_line(text, limit).translate(str.maketrans({c: " " for c in "[]<>`*_|#"}))
-
     words = verdict_words(report)
-    why = "; ".join(f"{clean(f.rule, 80)} = {'n/a' if f.value is None else format(f.value, '.4g')} "
-                    f"(needs {clean(f.condition, 40)})" for f in report.findings[:5]) or "every blocking rule held"
+    # rule names are check ids (a policy's pattern: [a-z0-9_.-]) and metric names; conditions are numbers
+    why = "; ".join(f"{one_line(f.rule, 80)} = {'n/a' if f.value is None else format(f.value, '.4g')} "
+                    f"(needs {one_line(f.condition, 40)})" for f in report.findings[:5]) or "every blocking rule held"
     c = report.comparison
     if c is not None and c.regressions:
-        why += (f"; against {clean(c.baseline, 120)}: " + "; ".join(clean(r, 160) for r in c.regressions[:3])
+        why += (f"; against {_markdown_text(c.baseline, 120)}: " + "; ".join(one_line(r, 160) for r in c.regressions[:3])
                 + (" (allowed)" if c.allowed else " (a regression: not promoted over it)"))
     p = report.provenance
-    return (f"**gate: {words}.** {why}. Policy {clean(p.policy_name, 80)} (sha256 {p.policy_sha256[:12]}), "
+    return (f"**gate: {words}.** {why}. Policy {_markdown_text(p.policy_name, 80)} (sha256 {p.policy_sha256[:12]}), "
             f"report sha256 {report_sha256[:12]}, {p.finished_at}. [Validation run and reports]({run_link}) "
             f"(artifacts gate/report.pdf, gate/report.html).")
+
+
+def _markdown_text(text: str, limit: int = 300) -> str:
+    """A name from input as plain text in markdown: one line, and no link, emphasis or HTML of its own."""
+    from gate.textsafe import one_line
+
+    return "".join("\\" + ch if ch in MARKDOWN_SPECIAL else ch for ch in one_line(text, limit))
 
 
 def with_summary(description: str, summary: str) -> str:
@@ -118,7 +125,7 @@ def run_note(report: Report, ref: ModelRef, report_sha256: str) -> str:
     from urllib.parse import quote
 
     link = f"#/models/{quote(ref.name, safe='')}/versions/{ref.version}"
-    return f"Validation of [{ref.name} version {ref.version}]({link}): " + version_summary(report, report_sha256,
+    return f"Validation of [{_markdown_text(ref.name, 200)} version {ref.version}]({link}): " + version_summary(report, report_sha256,
                                                                                              link)
 
 

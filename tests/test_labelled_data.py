@@ -203,6 +203,16 @@ def test_segmentation_on_labelled_samples_reports_intervals_and_caches_the_basel
     assert good["metrics"]["dice_drop"] < m["dice_drop"]
     assert not good["diagnostics"]["baseline_cache_hit"] and bad["diagnostics"]["baseline_cache_hit"]
     assert set(good["diagnostics"]["dice_per_class"]) == {"class1", "class2", "class3"}
+    # the refused candidate's PDF shows the worst holdout cases with their true and predicted outlines on
+    # page 1 (the check's evidence; holdout scans, so marked as patients' images for the policy's redaction)
+    index = json.loads((tmp_path / "out-bad" / "figures" / "index.json").read_text())
+    assert [(i["title"].startswith("The 4 worst holdout cases"), i["shows_real_images"]) for i in index] == \
+        [(False, False), (True, True)]
+    from pypdf import PdfReader
+
+    first = PdfReader(tmp_path / "out-bad" / "report.pdf").pages[0]
+    assert "segmentation.dice_drop_upper" in first.extract_text() and len(first.images) == 1
+    assert "worst holdout cases" in " ".join(first.extract_text().split())
 
 
 def test_real_plus_synthetic_reports_the_gain_over_the_baseline(mri_labelled, tmp_path):

@@ -95,7 +95,8 @@ class MonaiBackend:
                              progress=progress)
         except TimeBudgetExceeded as e:
             raise TimeBudgetExceeded(f"segmentation: time_budget_s = {params.time_budget_s:g} ran out ({e})") from None
-        return per_case(predict(net, test_images), test_labels, n_classes)
+        pred = predict(net, test_images)
+        return {**per_case(pred, test_labels, n_classes), "prediction": pred}
 
     def versions(self) -> dict[str, str]:
         import monai

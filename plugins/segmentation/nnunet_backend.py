@@ -52,7 +52,7 @@ class NnUNetBackend:
                 raise RuntimeError(f"nnU-Net failed (exit {proc.returncode}): {tail[0]}")
             pred = np.load(work / "prediction.npy")
         progress(params.epochs)
-        return per_case(pred, test_labels, n_classes)
+        return {**per_case(pred, test_labels, n_classes), "prediction": pred}
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version

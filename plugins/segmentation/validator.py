@@ -113,7 +113,7 @@ class SegmentationValidator:
                                              n_classes, params, context.seed, deadline,
                                              context.progress("segmentation: real-only baseline", params.epochs))
                 if cache is not None:  # atomic and authenticated (parallel validations may write the same one)
-                    cache.store(f"segmentation-baseline-{key}", baseline)
+                    cache.store(f"segmentation-baseline-{key}", {k: baseline[k] for k in ("dice", "hd95")})
         scalars = M.summarise(synthetic, baseline, names, context.seed, reps=params.bootstrap)
         per_class = {n: round(scalars[f"dice_{n}"], 4) for n in names}
         scalars["dice_worst_class"] = min(per_class.values())
@@ -147,6 +147,15 @@ class SegmentationValidator:
                           "Mean Dice per class of the segmenter trained on the candidate's images and labels and of "
                           "the real-only baseline (same slices count, epochs and seed), with 95 % bootstrap "
                           "intervals over the holdout cases.")]
+        if synthetic.get("prediction") is not None:
+            worst = np.argsort(synthetic["dice"].mean(1), kind="stable")[:WORST_CASES]
+            figures.append(Figure(
+                f"The {len(worst)} worst holdout cases of the segmenter trained on the candidate",
+                _worst_cases_figure(test_images[worst], test_labels[worst], synthetic["prediction"][worst],
+                                    synthetic["dice"][worst].mean(1), n_classes),
+                "Each real holdout slice with its true labels (top) and the labels predicted by the segmenter "
+                "trained on the candidate's images (bottom), worst mean Dice first. Outlines, one colour per class.",
+                shows_real_images=True))
         return CheckOutput(table=table, figures=figures, scalars={k: float(scalars.get(k, np.nan)) for k in _SCALARS},
                            diagnostics=diagnostics,
                            provenance={"backend": params.backend, **backend.versions()})
@@ -233,6 +242,34 @@ def _backend(params: SegmentationParams):
     from gate_plugins.segmentation.monai_backend import MonaiBackend
 
     return MonaiBackend()
+
+
+#: holdout cases drawn in the worst-cases figure
+WORST_CASES = 4
+
+
+def _worst_cases_figure(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, dice: np.ndarray,
+                        n_classes: int) -> bytes:
+    """Label outlines over the image: a filled overlay would hide the anatomy it is judged against."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gate_plugins.toolkit.figures import png as _png
+
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(2, len(images), figsize=(2.0 * len(images), 4.2), squeeze=False)
+    for j in range(len(images)):
+        for row, (labels, name) in enumerate(((truth[j], "true"), (pred[j], "predicted"))):
+            ax = axes[row, j]
+            ax.imshow(images[j], cmap="gray")
+            for c in range(1, n_classes):
+                if (labels == c).any():
+                    ax.contour(labels == c, levels=[0.5], colors=[colours(c - 1)], linewidths=0.8)
+            ax.set_title(f"{name}" + (f" (Dice {dice[j]:.2f})" if row == 1 else ""), fontsize=7)
+            ax.axis("off")
+    return _png(fig)
 
 
 def _dice_figure(synthetic, baseline, names) -> bytes:
