@@ -148,7 +148,7 @@ def result_document(result) -> dict:
                       "replaced_version": result.replaced, "champion_version": result.champion,
                       "regressions": [dataclasses.asdict(g) for g in result.regressions]}
         if result.promote_requested else None,
-        "checks": [{"id": c.id, "validator": c.validator, "status": c.status, "error": c.error,
+        "checks": [{"id": c.id, "validator": c.validator, "status": c.status, "outcome": c.outcome, "error": c.error,
                     "metrics": c.metrics,
                     "rules": [{"metric": o.metric, "value": o.value, "condition": o.condition,
                                "severity": o.severity, "passed": o.passed} for o in c.rules]} for c in r.checks],
@@ -192,9 +192,10 @@ def _run(req, quiet: bool, as_json: bool = False) -> None:
             out.print(f"promoted {result.model.version_uri} to @{req.promote_alias}{before}", highlight=False)
         elif result.regressions:
             worse = "; ".join(escape(r.describe()) for r in result.regressions)
+            holder = f"version {result.champion}, which holds it," if (result.baseline or "").endswith(
+                f"(@{req.promote_alias})") else escape(one_line(result.baseline or f"version {result.champion}"))
             out.print(f"[red]refused[/]: {result.model.version_uri} was not promoted to @{req.promote_alias}: "
-                      f"version {result.champion}, which holds it, scores better: {worse} (give "
-                      "--allow-regression to promote anyway)", highlight=False)
+                      f"{holder} scores better: {worse} (give --allow-regression to promote anyway)", highlight=False)
         else:
             out.print(f"[red]refused[/]: {result.model.version_uri} was not promoted to @{req.promote_alias} "
                       f"(verdict {result.report.verdict})", highlight=False)
@@ -268,12 +269,12 @@ def compare(baseline: str = typer.Argument(..., help="a report folder, or models
         table.add_column(col)
     num = lambda v, fmt=".4g": "n/a" if v is None else format(v, fmt)  # noqa: E731
     for r in result.rows:
-        table.add_row(escape(r.metric), num(r.candidate), num(r.baseline), num(r.difference, "+.4g"),
+        table.add_row(escape(one_line(r.metric, 120)), num(r.candidate), num(r.baseline), num(r.difference, "+.4g"),
                       r.better or "", "" if r.tolerance is None else f"{r.tolerance:g}",
                       "[red]REGRESSION[/]" if r.regression else "")
     out.print(table)
     for line in result.regressions:
-        out.print(f"[red]regression[/]: {escape(line)}", highlight=False)
+        out.print(f"[red]regression[/]: {escape(one_line(line, 400))}", highlight=False)
     raise typer.Exit(int(ExitCode.BLOCKED if result.regressions else ExitCode.PASS))
 
 

@@ -205,9 +205,18 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
                     findings=findings(results, advice),
                     statement=Statement(intended_use=meta.intended_use, limitations=list(meta.limitations),
                                         retention=meta.retention, sampling=sampling),
-                    independence=independence([s for s, _ in sets]),
+                    independence=_independence([s for s, _ in sets], spec.report.patient_images),
                     patient_images=spec.report.patient_images)
     return Outcome(report, tables, figures, evidence)
+
+
+def _independence(sets: list[ImageSet], patient_images: str):
+    """The overlaps; without their example names when patients' images may not leave (file names carry
+    subject ids)."""
+    found = independence(sets)
+    if patient_images != "show":
+        found = found.model_copy(update={"pairs": [p.model_copy(update={"examples": []}) for p in found.pairs]})
+    return found
 
 
 def _finite_or_none(v: float) -> float | None:

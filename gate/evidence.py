@@ -13,8 +13,9 @@ from gate.imageset import ImageSet
 from gate.report import CheckResult, Finding, Independence, SetOverlap
 from gate.textsafe import one_line
 
-#: subject ids in file names: BIDS ``sub-<label>``, else ``subject``/``subj``/``patient``/``pat`` and a number
-SUBJECT_PATTERN = r"(?i)(?:^|[^a-z0-9])(?:sub-([a-z0-9]+)|(?:subject|subj|patient|pat)[-_]?(\d+))"
+#: subject ids in file names: BIDS ``sub-<label>`` (a label holding a digit: ``sub-sampled`` is a word), else
+#: ``subject``/``subj``/``patient``/``pat`` and a number
+SUBJECT_PATTERN = r"(?i)(?:^|[^a-z0-9])(?:sub-([a-z]*\d[a-z0-9]*)|(?:subject|subj|patient|pat)[-_]?(\d+))"
 _SUBJECT = re.compile(SUBJECT_PATTERN)
 
 DEFAULT_ACTION = ("Look at this check's evidence (its figures and samples table) to see which samples fail and why; "
@@ -39,13 +40,19 @@ def findings(checks: Sequence[CheckResult], advice: Mapping[str, Mapping[str, st
                            f"{_how_far(rule.value, rule.bounds)}.")
             found.append(Finding(rule=f"{check.id}.{rule.metric}", value=rule.value, condition=rule.condition,
                                  meaning=meaning, action=own.get(rule.metric) or own.get("*") or DEFAULT_ACTION))
-        if check.status == "error":
+        if check.status == "error" and not _only_nan_rules(check):
             found.append(Finding(rule=f"{check.id} (check)", value=None, condition="runs to the end",
                                  meaning=f"The check did not finish, so nothing it guards is shown to hold: "
                                          f"{one_line(check.error or 'unknown error', 600)}",
                                  action="Fix the cause named here (input data, policy or environment) and validate "
                                         "again; a check that did not run never counts as passed."))
     return found
+
+
+def _only_nan_rules(check: CheckResult) -> bool:
+    """Whether a check's error is only that block rules' metrics were NaN (already a finding each)."""
+    parts = [p for p in (check.error or "").split("; ") if p]
+    return bool(parts) and all(p.startswith("metric ") and "could not be computed (NaN)" in p for p in parts)
 
 
 def _how_far(value: float, bounds: Mapping[str, float]) -> str:

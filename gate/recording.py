@@ -41,8 +41,6 @@ RUN_STATUS = {"pass": "FINISHED", "fail": "FAILED", "error": "FAILED"}
 #: gate's paragraph in a version's description sits between these, so that the owner's own text is kept
 DESCRIPTION_START, DESCRIPTION_END = "<!-- gate:start -->", "<!-- gate:end -->"
 MAX_DESCRIPTION = 20_000
-#: escaped in names that come from input (a policy's or a model's name), so they cannot open a link or a tag
-MARKDOWN_SPECIAL = set("\\`*_{}[]<>()#|!")
 
 
 def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report: Report, report_sha256: str,
@@ -64,10 +62,9 @@ def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report:
     link = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
     tags = [RunTag("gate.verdict", report.verdict), RunTag("gate.report_sha256", report_sha256),
             RunTag("mlflow.runName", f"{run.info.run_name or 'validate'} [{report.verdict.upper()}]"),
-            RunTag("mlflow.note.content", run_note(report, ref, report_sha256))]
+            RunTag("mlflow.note.content", run_note(report, ref, report_sha256, link))]
     client.log_batch(run_id, metrics=metrics, tags=tags)
     client.log_artifacts(run_id, str(out_dir), artifact_path="gate")
-    _link_model(client, run_id, ref)
     client.set_terminated(run_id, RUN_STATUS[report.verdict])
     policy = f"{report.provenance.policy_name}@sha256:{report.provenance.policy_sha256[:12]}"
     for key, value in (("gate.verdict", report.verdict), ("gate.report_sha256", report_sha256),
@@ -80,33 +77,28 @@ def finish_validation_run(ref: ModelRef, tracking_uri: str, run_id: str, report:
         client.set_model_version_tag(ref.name, ref.version, "gate.attestation", attestation)
     elif "gate.attestation" in (held.tags or {}):
         client.delete_model_version_tag(ref.name, ref.version, "gate.attestation")
+    _link_model(client, run_id, ref)
 
 
 def version_summary(report: Report, report_sha256: str, run_link: str) -> str:
     """One paragraph for the version's description: the verdict first, why in words, and where the
-    evidence is. Every value from input (rule names are policy ids; the summary quotes metrics) is one
-    line and bounded; MLflow renders the description as markdown, so brackets and angle brackets go."""
+    evidence is. MLflow renders the description as markdown: names from input (the policy's, a model's)
+    are escaped by :func:`gate.render.markdown.md_text`; rule names are check ids (a policy's pattern,
+    ``[a-z0-9_.-]``) and metric names, bounds are numbers, so they stay readable."""
+    from gate.render.markdown import md_text
     from gate.textsafe import one_line
 
     words = verdict_words(report)
-    # rule names are check ids (a policy's pattern: [a-z0-9_.-]) and metric names; conditions are numbers
     why = "; ".join(f"{one_line(f.rule, 80)} = {'n/a' if f.value is None else format(f.value, '.4g')} "
                     f"(needs {one_line(f.condition, 40)})" for f in report.findings[:5]) or "every blocking rule held"
     c = report.comparison
     if c is not None and c.regressions:
-        why += (f"; against {_markdown_text(c.baseline, 120)}: " + "; ".join(one_line(r, 160) for r in c.regressions[:3])
-                + (" (allowed)" if c.allowed else " (a regression: not promoted over it)"))
+        why += (f"; against {md_text(c.baseline)}: " + "; ".join(one_line(r, 160) for r in c.regressions[:3])
+                + (" (allowed by --allow-regression)" if c.allowed else " (a regression)"))
     p = report.provenance
-    return (f"**gate: {words}.** {why}. Policy {_markdown_text(p.policy_name, 80)} (sha256 {p.policy_sha256[:12]}), "
+    return (f"**gate: {words}.** {why}. Policy {md_text(p.policy_name)} (sha256 {p.policy_sha256[:12]}), "
             f"report sha256 {report_sha256[:12]}, {p.finished_at}. [Validation run and reports]({run_link}) "
             f"(artifacts gate/report.pdf, gate/report.html).")
-
-
-def _markdown_text(text: str, limit: int = 300) -> str:
-    """A name from input as plain text in markdown: one line, and no link, emphasis or HTML of its own."""
-    from gate.textsafe import one_line
-
-    return "".join("\\" + ch if ch in MARKDOWN_SPECIAL else ch for ch in one_line(text, limit))
 
 
 def with_summary(description: str, summary: str) -> str:
@@ -119,14 +111,16 @@ def with_summary(description: str, summary: str) -> str:
     return f"{DESCRIPTION_START}\n{summary}\n{DESCRIPTION_END}" + (f"\n\n{kept}" if kept else "")
 
 
-def run_note(report: Report, ref: ModelRef, report_sha256: str) -> str:
+def run_note(report: Report, ref: ModelRef, report_sha256: str, run_link: str) -> str:
     """The run's description (MLflow shows it at the top of the run page): which version, the verdict and
     a link to the version's page."""
     from urllib.parse import quote
 
+    from gate.render.markdown import md_text
+
     link = f"#/models/{quote(ref.name, safe='')}/versions/{ref.version}"
-    return f"Validation of [{_markdown_text(ref.name, 200)} version {ref.version}]({link}): " + version_summary(report, report_sha256,
-                                                                                             link)
+    return f"Validation of [{md_text(ref.name)} version {ref.version}]({link}): " + \
+        version_summary(report, report_sha256, run_link)
 
 
 def _link_model(client, run_id: str, ref: ModelRef) -> None:
@@ -135,9 +129,12 @@ def _link_model(client, run_id: str, ref: ModelRef) -> None:
     from a plain artifact path have no logged model; the tags and the description link them instead."""
     from mlflow.entities import LoggedModelInput
 
-    model_id = getattr(client.get_model_version(ref.name, ref.version), "model_id", None)
-    if model_id:
-        client.log_inputs(run_id, datasets=None, models=[LoggedModelInput(model_id)])
+    try:  # a convenience of the UI: the verdict, tags and description are already recorded
+        model_id = getattr(client.get_model_version(ref.name, ref.version), "model_id", None)
+        if model_id:
+            client.log_inputs(run_id, datasets=None, models=[LoggedModelInput(model_id)])
+    except Exception:  # noqa: BLE001 - a deleted logged model must not undo a recorded validation
+        pass
 
 
 def abandon_validation_run(ref: ModelRef, tracking_uri: str, run_id: str) -> None:

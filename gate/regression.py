@@ -1,13 +1,16 @@
-"""Does a passing candidate score worse than the version that holds the alias it would take? Compared on
-the policy's block rules that carry a ``regression_tolerance``, each in its own direction (an upper bound:
-lower is better; a lower bound: higher is better), against the champion's last validation as MLflow recorded it (``CHECK.METRIC`` run metrics).
-Pure: the registry lookup is :func:`gate.recording.champion_record`."""
+"""Does a candidate score worse than a baseline (the version that holds the alias it would take, or any
+other validation)? Every metric side by side; regressions judged on the block rules that carry a
+``regression_tolerance``, each in its own direction (an upper bound: lower is better; a lower bound: higher
+is better). Pure: the registry lookup is :func:`gate.recording.baseline_record`, the report folders'
+:func:`gate.compare.load_validation`."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
+
+from gate.report import Comparison, ComparisonRow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,30 +34,6 @@ def direction(bounds: Mapping[str, float]) -> str | None:
     return "lower" if upper else "higher"
 
 
-def regressions(checks: Iterable[Any], candidate: Mapping[str, float],
-                champion: Mapping[str, float]) -> list[Regression]:
-    """Every block rule on which the champion is better than the candidate by more than the rule's
-    ``regression_tolerance`` (in the metric's units). Only rules that carry one are compared: a score (Dice
-    against real data) can be better or worse, but a test's evidence (no copying found, at level alpha) only
-    holds or not, and the difference of two passing estimates is noise. ``checks``: the policy's checks
-    (``id``, ``rules`` with ``metric``, ``severity``, ``regression_tolerance``, ``bounds()``); ``candidate``
-    and ``champion``: ``CHECK.METRIC -> value``. A metric the champion's record lacks (another policy, a check
-    added since) or that is not finite on either side is not compared."""
-    found = []
-    for check in checks:
-        for rule in check.rules:
-            way = direction(rule.bounds())
-            key = f"{check.id}.{rule.metric}"
-            tolerance = rule.regression_tolerance
-            if rule.severity != "block" or tolerance is None or way is None or key not in champion \
-                    or key not in candidate:
-                continue
-            old, new = float(champion[key]), float(candidate[key])
-            if _worse_by(old, new, way) > tolerance:
-                found.append(Regression(key, old, new, way))
-    return found
-
-
 def _worse_by(old: float, new: float, way: str) -> float:
     """How much worse ``new`` is than ``old`` (negative: better); not-a-number compares as no change."""
     if not (math.isfinite(old) and math.isfinite(new)):
@@ -63,13 +42,14 @@ def _worse_by(old: float, new: float, way: str) -> float:
 
 
 def compare(report: Any, baseline: Mapping[str, float], label: str, baseline_sha256: str | None = None,
-            allowed: bool = False) -> Any:
+            allowed: bool = False) -> Comparison:
     """Every metric of ``report`` (a :class:`gate.report.Report`) beside ``baseline`` (``CHECK.METRIC ->
     value``, the baseline's last passing validation), with the difference, the better side where a block
     rule gives one, and whether it is a regression: worse by more than the rule's ``regression_tolerance``,
-    the same test as :func:`regressions`, read from the rules as the report recorded them."""
-    from gate.report import Comparison, ComparisonRow
-
+    read from the rules as the report recorded them. Only block rules that carry a tolerance are judged: a
+    score (Dice against real data) can be better or worse, but a test's evidence (no copying found, at
+    level alpha) only holds or not, and the difference of two passing estimates is noise. A metric missing
+    on one side, or not finite, is shown and not judged."""
     rules = {f"{c.id}.{r.metric}": r for c in report.checks for r in c.rules if r.severity == "block"
              or r.downgraded}
     rows, found = [], []
@@ -89,5 +69,8 @@ def compare(report: Any, baseline: Mapping[str, float], label: str, baseline_sha
                                       better=way, tolerance=tolerance, regression=regression))
             if regression:
                 found.append(Regression(key, float(old), float(value), way).describe())
+    seen = {r.metric for r in rows}
+    for key in sorted(set(baseline) - seen):  # the baseline's metrics the candidate lacks (a check gone or errored)
+        rows.append(ComparisonRow(metric=key, candidate=None, baseline=float(baseline[key]), difference=None))
     return Comparison(baseline=label, baseline_report_sha256=baseline_sha256, rows=rows, regressions=found,
                       allowed=allowed)

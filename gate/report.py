@@ -15,10 +15,32 @@ VERDICT_WORDS = {"pass": "PASSED: this version may be promoted",
 
 
 def verdict_words(report: "Report") -> str:
-    """The verdict as a board member reads it (the PDF's banner, the HTML's first line, MLflow's description)."""
+    """The verdict as a board member reads it (the PDF's banner, the HTML's first line, MLflow's
+    description): one table for all three, so that they never say different things."""
     if report.verdict == "fail" and not report.blocking:
         return "FAILED (audit mode): recorded, not enforced; promotion still requires a pass"
+    if report.verdict == "pass":
+        if report.comparison is not None and report.comparison.refuses:
+            return f"PASSED, but worse than {report.comparison.baseline}: not to be promoted over it"
+        if report.provenance.model is None:
+            return "PASSED: every blocking rule held (a folder of samples: nothing to promote)"
     return VERDICT_WORDS[report.verdict]
+
+
+def data_warnings(report: "Report") -> list[str]:
+    """What the independence evidence says a reader must know before trusting the checks: a holdout that
+    shares files, images or subjects with train, a candidate holding exact train images. Stated, not
+    voted: the checks decide the verdict, and a shared subject id may be a naming coincidence."""
+    out = []
+    for o in report.independence.pairs if report.independence else ():
+        a, b = o.sets
+        if {a, b} == {"train", "holdout"} and (o.shared_files or o.shared_images or o.shared_subjects):
+            out.append(f"train and holdout share {o.shared_files} files, {o.shared_images} images and "
+                       f"{o.shared_subjects} subject ids: the holdout is not independent of train, and the evidence "
+                       "calibrated on it (null, baseline) is weaker than stated")
+        elif "candidate" in (a, b) and "train" in (a, b) and o.shared_images:
+            out.append(f"{o.shared_images} candidate images are exact copies of train images")
+    return out
 
 
 class RuleOutcome(BaseModel):

@@ -55,6 +55,8 @@ class Result:
     #: block rules on which the alias holder (``champion``) scores better: the promotion was refused
     regressions: tuple[Regression, ...] = ()
     champion: str | None = None
+    #: what the candidate was compared with (``models:/NAME/N (@ALIAS)``), when it was
+    baseline: str | None = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -165,7 +167,7 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
                                  f"({type(exc).__name__}: {str(exc)[:300]}); nothing was promoted") from None
     return Result(outcome.report, sha, Path(req.out), ref, promoted, tracking_uri,
                   promote_requested=bool(req.promote_alias), replaced=replaced, regressions=tuple(found),
-                  champion=champion)
+                  champion=champion, baseline=outcome.report.comparison.baseline if outcome.report.comparison else None)
 
 
 def _baseline(req: Request, inputs: Inputs, ref: ModelRef, tracking_uri: str):

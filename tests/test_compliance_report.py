@@ -77,7 +77,7 @@ def test_independence_finds_shared_files_images_and_subjects():
     assert pairs[("train", "candidate")].shared_images == 1  # an exact copy of a train image
     assert pairs[("holdout", "candidate")].shared_images == 0
     assert ind.subjects == {"train": 2, "holdout": 1, "candidate": 0}
-    assert subject_ids(["sub-007_T1w.nii.gz", "patient-7.dcm", "x/sub-ab_c.png", "scan.png"]) == {"7", "ab"}
+    assert subject_ids(["sub-007_T1w.nii.gz", "patient-7.dcm", "x/sub-ab1_c.png", "sub-sampled.png"]) == {"7", "ab1"}
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -154,6 +154,8 @@ def test_every_section_a_board_reads_is_in_the_pdf_and_report_json(refused):
     # independence: the holdout file put in train is found as a shared file and a shared image
     th = next(p for p in report["independence"]["pairs"] if p["sets"] == ["train", "holdout"])
     assert th["shared_files"] == 1 and th["shared_images"] == 1
+    assert th["examples"] == []  # file names carry subject ids: not in a report whose patients are withheld
+    assert "Data warning: train and holdout share 1 files, 1 images" in text
     tc = next(p for p in report["independence"]["pairs"] if p["sets"] == ["train", "candidate"])
     assert tc["shared_files"] == 0  # the copies are noised: not the same files
     assert "3. Data and independence" in text
@@ -168,3 +170,35 @@ def test_every_section_a_board_reads_is_in_the_pdf_and_report_json(refused):
     index = json.loads((refused / "figures" / "index.json").read_text())
     real = [i for i in index if i["shows_real_images"]]
     assert real and all("withheld by policy" in i["caption"] for i in real)
+
+
+def test_a_hostile_report_folder_is_rendered_again_without_crash_or_unredacted_patients(refused, tmp_path, mri):
+    """gate report on a folder whose files were swapped: a truncated PNG, a scan put in place of a withheld
+    figure with its flag removed from the index, an attestation naming the report but not in gate's
+    format. The report renders (exit 0), says what it could not draw, and redacts by the report's policy."""
+    import base64
+    import hashlib
+
+    folder = tmp_path / "folder"
+    shutil.copytree(refused, folder)
+    index = json.loads((folder / "figures" / "index.json").read_text())
+    real = next(i for i in index if i["shows_real_images"])
+    other = next(i for i in index if not i["shows_real_images"])
+    scan = mri["train_images"][40] / mri["train_images"][40].max()
+    (folder / "figures" / real["file"]).write_bytes(_png(scan))
+    del real["shows_real_images"]  # as an older gate's index, or an edited one
+    (folder / "figures" / "index.json").write_text(json.dumps(index))
+    (folder / "figures" / other["file"]).write_bytes((folder / "figures" / other["file"]).read_bytes()[:80])
+    digest = hashlib.sha256((folder / "report.json").read_bytes()).hexdigest()
+    payload = base64.b64encode(json.dumps({"predicate": {"report_sha256": digest}}).encode()).decode()
+    (folder / "attestation.dsse.json").write_text(json.dumps({"payload": payload}))
+    res = gate("report", folder)
+    assert res.exit_code == 0, res.output
+    pages = PdfReader(folder / "report.pdf").pages
+    text = " ".join(" ".join(p.extract_text() for p in pages).split())
+    assert "could not be drawn" in text and "not in gate's format" in text
+    for page in pages:
+        for image in page.images:
+            shown = np.asarray(Image.open(io.BytesIO(image.data)).convert("L").resize((128, 128)), np.float32)
+            assert not shown.std() or np.corrcoef(shown.ravel(), scan.ravel())[0, 1] < 0.5
+    assert base64.b64encode(_png(scan)).decode() not in (folder / "report.html").read_text()

@@ -206,7 +206,7 @@ def test_segmentation_on_labelled_samples_reports_intervals_and_caches_the_basel
     # the refused candidate's PDF shows the worst holdout cases with their true and predicted outlines on
     # page 1 (the check's evidence; holdout scans, so marked as patients' images for the policy's redaction)
     index = json.loads((tmp_path / "out-bad" / "figures" / "index.json").read_text())
-    assert [(i["title"].startswith("The 4 worst holdout cases"), i["shows_real_images"]) for i in index] == \
+    assert [(i["title"].startswith("The 5 worst holdout cases"), i["shows_real_images"]) for i in index] == \
         [(False, False), (True, True)]
     from pypdf import PdfReader
 

@@ -6,7 +6,7 @@ import base64
 
 import jinja2
 
-from gate.report import Report, verdict_words
+from gate.report import Report, data_warnings, verdict_words
 from gate.validators import Figure
 
 
@@ -16,4 +16,5 @@ def render_html(report: Report, figures: dict[str, list[Figure]]) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("gate.render", "templates"), autoescape=True)
     env.filters["b64"] = lambda data: base64.b64encode(data).decode()
     return env.get_template("report.html.j2").render(r=report, p=report.provenance, figures=figures,
-                                                     verdict_words=verdict_words(report))
+                                                     verdict_words=verdict_words(report),
+                                                     data_warnings=data_warnings(report))

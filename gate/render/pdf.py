@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from gate.report import Report, verdict_words
+from gate.report import Report, data_warnings, verdict_words
 from gate.textsafe import one_line
 from gate.validators import Figure
 
@@ -61,7 +61,7 @@ class _Doc:
     def heading(self, title: str, size: int = 12) -> None:
         self.pdf.ln(2)
         self.pdf.set_font("Helvetica", "B", size)
-        self.pdf.multi_cell(self.width, size * 0.6, _text(title), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.multi_cell(self.width, size * 0.6, _text(one_line(title, 400)), new_x="LMARGIN", new_y="NEXT")
         self.pdf.set_font("Helvetica", "", 9)
 
     def line(self, label: str, value: object, bold_value: bool = False) -> None:
@@ -74,7 +74,8 @@ class _Doc:
 
     def para(self, text: str, size: float = 9, style: str = "", height: float = 4.6) -> None:
         self.pdf.set_font("Helvetica", style, size)
-        self.pdf.multi_cell(self.width, height, _text(text), new_x="LMARGIN", new_y="NEXT")
+        # one line of input text is one paragraph: nothing in a report.json can start a line of its own
+        self.pdf.multi_cell(self.width, height, _text(one_line(text, 6000)), new_x="LMARGIN", new_y="NEXT")
         self.pdf.set_font("Helvetica", "", 9)
 
     def mono(self, text: str) -> None:
@@ -115,20 +116,21 @@ class _Doc:
         try:  # a figure read back from a report folder may be anything that starts like a PNG
             with Image.open(io.BytesIO(fig.png)) as im:
                 w_px, h_px = im.size
-            if w_px * h_px > MAX_FIGURE_PIXELS:
-                raise ValueError(f"{w_px}x{h_px} pixels")
+                if w_px * h_px > MAX_FIGURE_PIXELS:
+                    raise ValueError(f"{w_px}x{h_px} pixels")
+                im.load()  # decoded here, where a truncated or corrupt file is caught, not inside fpdf2
+            w = self.width
+            h = w * h_px / max(w_px, 1)
+            if max_height is not None and h > max_height:
+                if max_height < 35:
+                    return False
+                h, w = max_height, max_height * w_px / max(h_px, 1)
+            self.pdf.set_font("Helvetica", "B", 8.5)
+            self.pdf.multi_cell(self.width, 4.2, _text(one_line(fig.title, 300)), new_x="LMARGIN", new_y="NEXT")
+            self.pdf.image(io.BytesIO(fig.png), x=self.pdf.l_margin + (self.width - w) / 2, w=w, h=h)
         except Exception as exc:  # noqa: BLE001 - one unreadable figure must not lose the report
             self.para(f"(figure '{one_line(fig.title, 100)}' could not be drawn: {type(exc).__name__})", size=8)
             return True
-        w = self.width
-        h = w * h_px / max(w_px, 1)
-        if max_height is not None and h > max_height:
-            if max_height < 35:
-                return False
-            h, w = max_height, max_height * w_px / max(h_px, 1)
-        self.pdf.set_font("Helvetica", "B", 8.5)
-        self.pdf.multi_cell(self.width, 4.2, _text(one_line(fig.title, 300)), new_x="LMARGIN", new_y="NEXT")
-        self.pdf.image(io.BytesIO(fig.png), x=self.pdf.l_margin + (self.width - w) / 2, w=w, h=h)
         if fig.caption:
             self.para(one_line(fig.caption, 1500), size=7.5, height=3.6)
         return True
@@ -146,7 +148,7 @@ def render_pdf(report: Report, attestation: str | None = None,
     figures = figures or {}
     doc = _Doc()
     statement = _statement(attestation) if attestation else None
-    _decision(doc, report, statement, figures)
+    _decision(doc, report, statement, attestation, figures)
     _evidence(doc, report, figures)
     _data(doc, report)
     _use(doc, report)
@@ -156,12 +158,23 @@ def render_pdf(report: Report, attestation: str | None = None,
     return doc.output()
 
 
-def _statement(attestation: str) -> dict:
-    env = json.loads(attestation)
-    return {"envelope": env, "statement": json.loads(base64.b64decode(env["payload"]))}
+def _statement(attestation: str) -> dict | None:
+    """The envelope and its statement, in the shape gate writes; None for anything else (a folder's
+    attestation file is input: ``gate verify`` judges it, the PDF only shows it)."""
+    try:
+        env = json.loads(attestation)
+        statement = json.loads(base64.b64decode(env["payload"]))
+        facts = {"keyid": str(env["signatures"][0]["keyid"]), "name": str(statement["subject"][0]["name"]),
+                 "artifacts": str(statement["subject"][0]["digest"]["sha256"]),
+                 "report": str(statement["predicate"]["report_sha256"]),
+                 "issued": str(statement["predicate"]["issued_at"])}
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return facts
 
 
-def _decision(doc: _Doc, report: Report, signed: dict | None, figures: dict[str, list[Figure]]) -> None:
+def _decision(doc: _Doc, report: Report, signed: dict | None, attestation: str | None,
+              figures: dict[str, list[Figure]]) -> None:
     p = report.provenance
     doc.heading("gate compliance report", 16)
     doc.banner(f"{report.verdict.upper()} - {verdict_words(report)}", _COLOURS[report.verdict])
@@ -177,10 +190,9 @@ def _decision(doc: _Doc, report: Report, signed: dict | None, figures: dict[str,
     doc.line("policy", f"{p.policy_name}, sha256 {p.policy_sha256}")
     doc.line("mode", f"{report.mode}; {'blocks promotion' if report.blocking else 'does not block'}")
     if signed:
-        env = signed["envelope"]
-        doc.line("signature", f"signed (Ed25519, key {env['signatures'][0]['keyid']}); verify with gate verify")
+        doc.line("signature", f"signed (Ed25519, key {signed['keyid']}); verify with gate verify")
     else:
-        doc.line("signature", "not signed")
+        doc.line("signature", "present but not in gate's format (see section 7)" if attestation else "not signed")
     doc.line("validated", f"{p.started_at} to {p.finished_at}")
 
     if report.findings:
@@ -201,6 +213,10 @@ def _decision(doc: _Doc, report: Report, signed: dict | None, figures: dict[str,
         worse = "; ".join(c.regressions) if c.regressions else "no regression beyond the policy's tolerances"
         doc.para(f"Against {c.baseline}: {worse}{' (allowed by --allow-regression)' if c.allowed and c.regressions else ''}.",
                  size=8.5)
+    for warning in data_warnings(report):
+        doc.pdf.set_text_color(*_COLOURS["warn"])
+        doc.para(f"Data warning: {warning}", size=8.5, style="B")
+        doc.pdf.set_text_color(0, 0, 0)
     fig = _page_one_figure(report, figures)
     if fig is not None:
         doc.pdf.ln(1)
@@ -216,7 +232,10 @@ def _page_one_figure(report: Report, figures: dict[str, list[Figure]]) -> Figure
     for check in ordered:
         items = figures.get(check.id) or []
         if items:
-            # a check's evidence figure is the one showing samples, when it drew one
+            # a check's evidence figure is the one showing samples, when it drew one, unless the policy
+            # withholds patients' images (a grey box says nothing: another of its figures does)
+            if report.patient_images == "withhold":
+                return next((f for f in items if not f.shows_real_images), items[0])
             return next((f for f in items if f.shows_real_images), items[0])
     return None
 
@@ -261,10 +280,12 @@ def _data(doc: _Doc, report: Report) -> None:
     doc.heading("3. Data and independence")
     rows = []
     for d in p.data:
-        if d.origin == "drawn":
-            files = "none: drawn from the model"
-        else:
+        if d.origin == "drawn" or not d.files:
+            files = "none: drawn from the model" if d.origin == "drawn" else "0"
+        elif d.n_image_files + d.n_label_files == len(d.files):
             files = f"{d.n_image_files} image + {d.n_label_files} label = {len(d.files)}"
+        else:  # a report from before image and label files were counted apart
+            files = str(len(d.files))
         rows.append([d.name, d.folder or ("(drawn)" if d.origin == "drawn" else ""), d.n_images,
                      "x".join(map(str, d.shape)), files, d.sha256[:16]])
     doc.table(["set", "folder", "images", "shape", "files", "manifest sha256"], rows, (18, 58, 14, 16, 48, 26))
@@ -298,8 +319,9 @@ def _use(doc: _Doc, report: Report) -> None:
 
 
 def _change(doc: _Doc, report: Report) -> None:
-    doc.heading("5. Change against the current champion")
     c = report.comparison
+    doc.heading("5. Change against the current champion" if c is None or "(@" in c.baseline else
+                f"5. Change against {c.baseline}")
     if c is None:
         doc.para("No comparison: no alias holder with a passing validation to compare with (or the candidate "
                  "is a folder of samples).", size=8.5)
@@ -313,6 +335,19 @@ def _change(doc: _Doc, report: Report) -> None:
               (58, 20, 20, 20, 14, 16, 26))
     if len(c.rows) > 80:
         doc.para(f"{len(c.rows) - 80} more metrics in report.json (comparison.rows).", size=7.5)
+
+
+def _policy_text(path: Path, sha256: str) -> str | None:
+    """The policy's text when the file still holds what was validated: read once, hashed, then shown."""
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    return data.decode("utf-8", "replace")
 
 
 def _num(v: float | None) -> str:
@@ -329,15 +364,16 @@ def _waivers_and_signature(doc: _Doc, report: Report, attestation: str | None, s
 
     doc.heading("7. Signature")
     if signed:
-        env, statement = signed["envelope"], signed["statement"]
         doc.line("format", "in-toto Statement v1 in a DSSE envelope, Ed25519")
-        doc.line("subject", f"{statement['subject'][0]['name']} (artifacts sha256 "
-                            f"{statement['subject'][0]['digest']['sha256']})")
-        doc.line("signed report sha256", statement["predicate"]["report_sha256"])
-        doc.line("key id", env["signatures"][0]["keyid"])
-        doc.line("issued", statement["predicate"]["issued_at"])
-        doc.line("how to verify", f"gate verify {statement['subject'][0]['name']} --public-key gate-signing.pub "
+        doc.line("subject", f"{signed['name']} (artifacts sha256 {signed['artifacts']})")
+        doc.line("signed report sha256", signed["report"])
+        doc.line("key id", signed["keyid"])
+        doc.line("issued", signed["issued"])
+        doc.line("how to verify", f"gate verify {signed['name']} --public-key gate-signing.pub "
                                   "(or gate verify <this folder> --public-key gate-signing.pub)")
+    elif attestation:
+        doc.para("An attestation file names this report but is not in gate's format; run gate verify on it.",
+                 size=8.5)
     else:
         doc.para("Not signed: run gate with --signing-key to attach a verifiable attestation.", size=8.5)
 
@@ -349,10 +385,9 @@ def _appendix(doc: _Doc, report: Report) -> None:
     doc.line("name", p.policy_name)
     doc.line("sha256", p.policy_sha256)
     doc.line("file", p.policy_path)
-    policy_file = Path(p.policy_path)
-    if policy_file.is_file() and policy_file.stat().st_size < 1 << 20 \
-            and hashlib.sha256(policy_file.read_bytes()).hexdigest() == p.policy_sha256:
-        doc.mono(policy_file.read_text(encoding="utf-8"))
+    text = _policy_text(Path(p.policy_path), p.policy_sha256)
+    if text is not None:
+        doc.mono(text)
     else:
         doc.para("The policy file has changed or moved since the run; its digest above is the one validated.")
     doc.heading("Appendix B. Software and weights")

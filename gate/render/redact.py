@@ -36,4 +36,5 @@ def _redact_one(fig: Figure, mode: str) -> Figure:
             note = "Patients' images withheld by policy (spec.report.patient_images: withhold)."
     buf = io.BytesIO()
     out.save(buf, format="PNG")
-    return dataclasses.replace(fig, png=buf.getvalue(), caption=f"{note} {fig.caption}".strip())
+    caption = fig.caption if fig.caption.startswith(note) else f"{note} {fig.caption}".strip()  # rendered again
+    return dataclasses.replace(fig, png=buf.getvalue(), caption=caption)

@@ -116,7 +116,8 @@ def rerender(folder: Path, out_dir: Path | None = None) -> list[str]:
     folder, out_dir = Path(folder), Path(out_dir or folder)
     source = folder / "report.json"
     report, digest = read_report(folder)
-    figures = _read_figures(folder)
+    # the report's own policy decides what its figures may show, whatever the folder's files hold
+    figures = redact(_read_figures(folder), report.patient_images)
     envelope = None
     if (folder / ENVELOPE_FILE).is_symlink() or (folder / ENVELOPE_FILE).exists():
         text = _read_regular(folder / ENVELOPE_FILE, 1 * 2**20).decode("utf-8", "replace").strip()
@@ -154,8 +155,9 @@ def _read_figures(folder: Path) -> dict[str, list[Figure]]:
         return {}
     try:
         index = json.loads(_read_regular(index_path, 1 * 2**20))
+        # an index without the flag (an older gate's, or edited) is taken to show patients: redacted if asked
         items = [(str(i["check"]), Path(str(i["file"])).name, str(i["title"]), str(i.get("caption", "")),
-                  i.get("shows_real_images") is True) for i in index]
+                  i.get("shows_real_images") is not False) for i in index]
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{index_path}: not a figure index ({type(exc).__name__})") from None
     if len(items) > MAX_FIGURES:

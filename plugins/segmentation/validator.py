@@ -139,7 +139,7 @@ class SegmentationValidator:
             "baseline_dice_per_class": ({n: round(float(baseline["dice"][:, k].mean()), 4)
                                          for k, n in enumerate(names)} if baseline is not None else None),
             "test_slices": len(test_idx), "train_slices_per_model": len(cand), "baseline_cache_hit": cache_hit, "baseline_cache": cache_status,
-            "worst_cases": cases.assign(mean=synthetic["dice"].mean(1)).nsmallest(5, "mean").round(4)
+            "worst_cases": cases.assign(mean=synthetic["dice"].mean(1)).nsmallest(WORST_CASES, "mean").round(4)
             .to_dict("records"),
             "seconds": round(params.time_budget_s - (deadline - time.monotonic()), 1),
         }
@@ -245,7 +245,7 @@ def _backend(params: SegmentationParams):
 
 
 #: holdout cases drawn in the worst-cases figure
-WORST_CASES = 4
+WORST_CASES = 5
 
 
 def _worst_cases_figure(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, dice: np.ndarray,
