@@ -149,7 +149,7 @@ def test_promote_refuses_to_replace_a_champion_that_scores_better_unless_allowed
     # one gate paragraph (this validation's, with the regression) above the owner's own notes
     description = client.get_model_version(NAME, str(versions["copier"])).description
     assert description.count("<!-- gate:start -->") == 1 and description.endswith("Owner notes.")
-    assert "a regression: not promoted over it" in description
+    assert "(a regression)" in description and "PASSED, but worse than models" in description
     # the comparison is in the report itself, and on the PDF's page 1 and its change section
     report = json.loads((tmp_path / "c" / "report.json").read_text())
     assert report["comparison"]["baseline"] == f"models:/{NAME}/{versions['honest']} (@champion)"

@@ -69,7 +69,8 @@ class _Doc:
         self.pdf.cell(42, 5, _text(label))
         self.pdf.set_font("Helvetica", "B" if bold_value else "", 9)
         # a field is one line: a folder or model name with newlines must not forge lines of the report
-        self.pdf.multi_cell(self.width - 42, 5, _text(one_line(value, 4000)), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.multi_cell(self.width - 42, 5, _text(one_line(value, 4000)), align="L", new_x="LMARGIN",
+                            new_y="NEXT")
         self.pdf.set_font("Helvetica", "", 9)
 
     def para(self, text: str, size: float = 9, style: str = "", height: float = 4.6) -> None:
@@ -183,7 +184,7 @@ def _decision(doc: _Doc, report: Report, signed: dict | None, attestation: str |
         m = p.model
         doc.line("model version", f"models:/{m.get('name')}/{m.get('version')}", bold_value=True)
         doc.line("identity", f"artifacts sha256 {m.get('artifacts_sha256', 'n/a')}; registered "
-                             f"{m.get('creation_timestamp', 'n/a')} (ms); run {m.get('run_id') or 'n/a'}")
+                             f"{_when(m.get('creation_timestamp'))}; run {m.get('run_id') or 'n/a'}")
     else:
         doc.line("candidate", f"samples folder {p.samples_dir} (no registry version: nothing to promote)",
                  bold_value=True)
@@ -197,11 +198,13 @@ def _decision(doc: _Doc, report: Report, signed: dict | None, attestation: str |
 
     if report.findings:
         doc.heading("Why" if report.verdict != "pass" else "Findings")
-        for f in report.findings[:PAGE_ONE_FINDINGS]:
+        shown = report.findings[:PAGE_ONE_FINDINGS]
+        for n, f in enumerate(shown):
             value = "n/a" if f.value is None else f"{f.value:.4g}"
             doc.para(f"{f.rule} = {value}, needs {f.condition}: FAILED", size=9.5, style="B", height=5)
             doc.para(f"What this means: {f.meaning}", size=8.5, height=4.2)
-            doc.para(f"What to do: {f.action}", size=8.5, height=4.2)
+            if n + 1 == len(shown) or shown[n + 1].action != f.action:  # one check's rules share its advice
+                doc.para(f"What to do: {f.action}", size=8.5, height=4.2)
             doc.pdf.ln(1)
         if len(report.findings) > PAGE_ONE_FINDINGS:
             doc.para(f"... and {len(report.findings) - PAGE_ONE_FINDINGS} more, in section 2.", size=8.5)
@@ -348,6 +351,16 @@ def _policy_text(path: Path, sha256: str) -> str | None:
     if hashlib.sha256(data).hexdigest() != sha256:
         return None
     return data.decode("utf-8", "replace")
+
+
+def _when(ms: object) -> str:
+    """A registry timestamp (ms since the epoch) as UTC time; anything else as it is."""
+    import datetime
+
+    try:
+        return datetime.datetime.fromtimestamp(int(ms) / 1000, datetime.timezone.utc).isoformat(timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(ms)
 
 
 def _num(v: float | None) -> str:
