@@ -111,3 +111,27 @@ def mri_labelled():
     tr_i, tr_l, _ = labelled_subject_slices(range(1, 4), 12)
     te_i, te_l, _ = labelled_subject_slices(range(201, 203), 8)
     return tr_i, tr_l, te_i, te_l
+
+
+def log_honest_and_copier(tracking_uri: str, art: Path, name: str = "brain-gen") -> dict:
+    """Two registry versions of ``name``: a generator of novel subjects and one that returns the ``mri``
+    fixture's train slices (its artifacts, written to ``art``). Returns their versions and those slices."""
+    from gate.generator import log_generator
+    from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
+    from gate_plugins.mri.subjects import labelled_subject_slices
+
+    images, labels, _ = labelled_subject_slices(range(1, 5), 24)  # the fixture's train subjects, with labels
+    np.save(art / "train_slices.npy", images)
+    np.save(art / "train_labels.npy", labels)
+    honest, _ = log_generator(NovelSubjectGenerator(), name, tracking_uri=tracking_uri)
+    copier, _ = log_generator(CopyingGenerator(), name, tracking_uri=tracking_uri,
+                              artifacts={"train_slices": str(art / "train_slices.npy"),
+                                         "train_labels": str(art / "train_labels.npy")})
+    return {"honest": honest.version, "copier": copier.version, "train_images": images}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real ``mlflow server`` (sqlite store) on 127.0.0.1 for one test module."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri

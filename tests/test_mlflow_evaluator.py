@@ -6,39 +6,22 @@ import hashlib
 import json
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from conftest import CHEAP_MEMORIZATION, mlflow_server, write_policy
+from conftest import CHEAP_MEMORIZATION, log_honest_and_copier, write_policy
 from gate.generator import log_generator
 from gate.mlflow_evaluator import GateEvaluator, ReportFileArtifact
-from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
+from gate_plugins.mri.generators import NovelSubjectGenerator
 
 NAME = "brain-gen"
 DATA = pd.DataFrame({"x": [0.0]})  # MLflow requires data; gate samples the candidate itself
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
-        yield uri
-
-
-@pytest.fixture(scope="module")
 def versions(server, mri, tmp_path_factory):
-    from gate_plugins.mri.subjects import labelled_subject_slices
-
-    art = tmp_path_factory.mktemp("art")
-    images, labels, _ = labelled_subject_slices(range(1, 5), 24)  # the fixture's train subjects, with labels
-    np.save(art / "train_slices.npy", images)
-    np.save(art / "train_labels.npy", labels)
-    honest, _ = log_generator(NovelSubjectGenerator(), NAME, tracking_uri=server)
-    copier, _ = log_generator(CopyingGenerator(), NAME, tracking_uri=server,
-                              artifacts={"train_slices": str(art / "train_slices.npy"),
-                                         "train_labels": str(art / "train_labels.npy")})
-    return {"honest": honest.version, "copier": copier.version}
+    return log_honest_and_copier(server, tmp_path_factory.mktemp("art"), NAME)
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CHEAP_MEMORIZATION, free_port, mlflow_server, write_policy
+from conftest import CHEAP_MEMORIZATION, free_port, log_honest_and_copier, write_policy
 from gate.cli import app
 from gate.generator import ImageGenerator, log_generator
-from gate_plugins.mri.generators import CopyingGenerator, NovelSubjectGenerator
 
 runner = CliRunner()
 NAME = "brain-gen"
@@ -24,26 +23,11 @@ class WrongShapeGenerator(ImageGenerator):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
-        yield uri
-
-
-@pytest.fixture(scope="module")
 def versions(server, mri, tmp_path_factory):
-    from gate_plugins.mri.subjects import labelled_subject_slices
-
-    art = tmp_path_factory.mktemp("art")
-    images, labels, _ = labelled_subject_slices(range(1, 5), 24)  # the fixture's train subjects, with labels
-    assert np.array_equal(images, mri["train_images"])
-    np.save(art / "train_slices.npy", images)
-    np.save(art / "train_labels.npy", labels)
-    honest, _ = log_generator(NovelSubjectGenerator(), NAME, tracking_uri=server)
-    copier, _ = log_generator(CopyingGenerator(), NAME, tracking_uri=server,
-                              artifacts={"train_slices": str(art / "train_slices.npy"),
-                                         "train_labels": str(art / "train_labels.npy")})
+    logged = log_honest_and_copier(server, tmp_path_factory.mktemp("art"), NAME)
+    assert np.array_equal(logged["train_images"], mri["train_images"])  # the copier copies the fixture's train
     broken, _ = log_generator(WrongShapeGenerator(), "broken-gen", tracking_uri=server)
-    return {"honest": honest.version, "copier": copier.version, "broken": broken.version}
+    return {**logged, "broken": broken.version}
 
 
 @pytest.fixture
