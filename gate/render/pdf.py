@@ -76,7 +76,8 @@ class _Doc:
     def para(self, text: str, size: float = 9, style: str = "", height: float = 4.6) -> None:
         self.pdf.set_font("Helvetica", style, size)
         # one line of input text is one paragraph: nothing in a report.json can start a line of its own
-        self.pdf.multi_cell(self.width, height, _text(one_line(text, 6000)), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.multi_cell(self.width, height, _text(one_line(text, 6000)), align="L", new_x="LMARGIN",
+                            new_y="NEXT")
         self.pdf.set_font("Helvetica", "", 9)
 
     def mono(self, text: str) -> None:
