@@ -125,7 +125,8 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         versions[check.validator] = f"{loaded.distribution} {loaded.version}"
         validator = loaded.cls()
         context = CheckContext(candidate=candidate, train=inputs.train, holdout=inputs.holdout, seed=spec.candidate.seed,
-                               batch_size=spec.candidate.batch_size, cache_dir=cache_dir, progress=progress)
+                               batch_size=spec.candidate.batch_size, cache_dir=cache_dir, progress=progress,
+                               device=spec.compute.device)
         t0 = time.perf_counter()
         result = CheckResult(id=check.id, validator=check.validator, status="ok",
                              params=check.params.model_dump(mode="json"))

@@ -147,6 +147,13 @@ class PromotionSpec(Strict):
                                             "--allow-regression)")
 
 
+class ComputeSpec(Strict):
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$",
+                        description="where the checks' networks run (feature extractors, segmentation back ends): "
+                                    "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N; a CUDA "
+                                    "device that is not there is refused before anything runs")
+
+
 class ReportSpec(Strict):
     patient_images: Literal["show", "blur", "withhold"] = Field(
         "show", description="figures that show real (train or holdout) images, such as a flagged sample beside its "
@@ -161,6 +168,7 @@ class SpecBase(Strict):
     attestation: AttestationSpec = AttestationSpec()
     promotion: PromotionSpec = PromotionSpec()
     report: ReportSpec = ReportSpec()
+    compute: ComputeSpec = ComputeSpec()
 
 
 class PolicyBase(Strict):

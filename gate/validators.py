@@ -70,6 +70,7 @@ class Plan:
     n_candidates: int
     candidate_labelled: bool
     candidate_shape: tuple[int, ...] | None = None  # None: drawn from a generator, held to the train's
+    device: str = "auto"  # spec.compute.device, for a validator to say before anything runs that it is not there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,8 @@ class CheckContext:
     batch_size: int
     cache_dir: Path
     progress: Callable[[str, int], Callable[[int], None]] = lambda _desc, _total: (lambda _n: None)
+    #: spec.compute.device: "auto", "cpu", "cuda" or "cuda:N" (a plugin resolves it with its own stack)
+    device: str = "auto"
 
 
 @dataclasses.dataclass

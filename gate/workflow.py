@@ -116,7 +116,8 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         check_reachable(tracking_uri)
         ref = resolve_model(req.model, tracking_uri)
         preflight(inputs, Plan(inputs.train, inputs.holdout, spec.candidate.n_samples,
-                               candidate_labelled=generator_mode(spec.candidate.mode, ref) in ("conditional", "paired")))
+                               candidate_labelled=generator_mode(spec.candidate.mode, ref) in ("conditional", "paired"),
+                               device=spec.compute.device))
         hidden = [Path(req.out), *([req.signing_key] if req.signing_key else [])]
         candidate, model_info = draw_candidate(ref, tracking_uri, inputs, isolation, progress, hidden)
         if isolation != BUBBLEWRAP:  # it could read the cache's key: nothing it may have written is trusted
@@ -127,7 +128,7 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         candidate = read_candidate_folder(inputs, req.samples)
         check_same_size(inputs.train, candidate)  # the core's own line, before any check's
         preflight(inputs, Plan(inputs.train, inputs.holdout, len(candidate), candidate.labels is not None,
-                               candidate.shape))
+                               candidate.shape, device=spec.compute.device))
 
     run_id = recording.start_validation_run(ref, tracking_uri, inputs.policy.model.metadata.name) if ref else None
     try:

@@ -45,6 +45,13 @@ class _Misaligned:
         return np.stack([misalign(self.images[i].astype(np.float64), self.rng) for i in self.src[sl]]).astype(np.float32)
 
 
+def _device_part(extractor) -> dict:
+    """Features computed on another device differ in the last bits: they are other cache entries. The CPU's
+    keys stay as they were (nothing cached before devices existed is lost)."""
+    kind = getattr(getattr(extractor, "device", None), "type", "cpu")
+    return {} if kind == "cpu" else {"device": kind}
+
+
 def _flat_index(rows: np.ndarray):
     """Exact inner-product search over unit rows."""
     import faiss
@@ -134,7 +141,7 @@ class Detector:
                          extractor=self.extractor.name, weights=self.extractor.weights_sha256(),
                          prefilter=getattr(self.extractor, "prefilter_sigma", 0.0),
                          layers=list(self.extractor.layers), transforms=self.transforms,
-                         nuisance_copies=self.nuisance_copies)
+                         nuisance_copies=self.nuisance_copies, **_device_part(self.extractor))
 
     def _cached_reference(self, key: str) -> tuple[str, tuple[list[np.ndarray], list[np.ndarray]] | None]:
         """The cache's status for ``key`` and, on a whole authentic entry, (reference, nuisance) per layer."""

@@ -22,6 +22,7 @@ from gate_plugins.memorization.grouping import subjects_of
 from gate_plugins.memorization.transforms import apply, transform_set
 from gate_plugins.toolkit import baselines
 from gate_plugins.toolkit.canvas import canvas_digest, on_square_canvas
+from gate_plugins.toolkit.device import describe, device_problem, resolve_device
 from gate_plugins.memorization.volumes import copied_volumes
 
 
@@ -146,7 +147,7 @@ class MemorizationValidator:
     def preflight(self, plan: Plan, params: MemorizationParams) -> list[str]:
         """What the sizes, shapes and holdout names already rule out (before any feature is computed)."""
         train, holdout = plan.train, plan.holdout
-        problems = []
+        problems = [p for p in [device_problem(plan.device)] if p]
         if len(train) < 4:
             problems.append(f"{train.name}: the memorization null needs at least 4 train images, got {len(train)}")
         if plan.candidate_shape is not None and tuple(plan.candidate_shape) != tuple(train.shape):
@@ -176,7 +177,8 @@ class MemorizationValidator:
             train_digest = canvas_digest(train)
             train, cand, holdout = (on_square_canvas(s) for s in (train, cand, holdout))
 
-        extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma)
+        device = resolve_device(context.device)
+        extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma, str(device))
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
                             context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies,
                             params.tail, params.verify_k, verify_contrast=params.verify_contrast)
@@ -272,6 +274,7 @@ class MemorizationValidator:
             scalars=scalars,
             provenance={
                 "extractor": extractor.name,
+                "device": describe(device),
                 "extractor_layers": list(extractor.layers),
                 "extractor_weights_sha256": extractor.weights_sha256(),
                 "prefilter_sigma": params.prefilter_sigma,

@@ -23,6 +23,7 @@ from gate.imageset import ImageSet
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
 from gate_plugins.memorization import Detector
 from gate_plugins.toolkit.canvas import canvas_digest, on_square_canvas
+from gate_plugins.toolkit.device import describe, device_problem, resolve_device
 from gate_plugins.toolkit.extractors import build_extractor
 from gate_plugins.quality import iqms
 from gate_plugins.quality.comparison import compare, distribution_figure
@@ -129,7 +130,7 @@ class QualityValidator:
     metrics: ClassVar[tuple[MetricDef, ...]] = _metric_defs()
 
     def preflight(self, plan: Plan, params: QualityParams) -> list[str]:
-        problems = []
+        problems = [p for p in [device_problem(plan.device)] if p]
         if len(plan.train) < 4:
             problems.append(f"{plan.train.name}: the quality check needs at least 4 train images, got {len(plan.train)}")
         shapes = [plan.train.shape] + ([plan.holdout.shape] if plan.holdout is not None else []) + \
@@ -202,7 +203,8 @@ class QualityValidator:
         per_sample_metrics = list(IQMS) + ["niqe"] + (scorer.columns if scorer else [])
         versus_real = compare(table, real_table, per_sample_metrics, context.seed)
 
-        extractor = build_extractor(params.extractor, None, params.prefilter_sigma)
+        device = resolve_device(context.device)
+        extractor = build_extractor(params.extractor, None, params.prefilter_sigma, str(device))
         detector = Detector(extractor, "dihedral", cache_dir=context.cache_dir if params.cache else None,
                             batch_size=context.batch_size)
         # the memorization check's reference features (shared cache): on its square canvas when non-square. Only
@@ -296,7 +298,7 @@ class QualityValidator:
                                   + _blind_statement(diagnostics)))
         return CheckOutput(table=table, scalars=scalars, insensitive=insensitive, insensitive_to=insensitive_to,
                            diagnostics=diagnostics,
-                           figures=figures, provenance={"extractor": extractor.name,
+                           figures=figures, provenance={"extractor": extractor.name, "device": describe(device),
                                                         "extractor_weights_sha256": extractor.weights_sha256(),
                                                         "niqe_block": params.niqe_block,
                                                         **(scorer.provenance() if scorer else {})})

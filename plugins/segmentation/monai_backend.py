@@ -44,14 +44,16 @@ def _crop_back(maps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def train_unet(images: np.ndarray, labels: np.ndarray, n_classes: int, *, epochs: int, batch_size: int, lr: float,
                channels: tuple[int, ...], seed: int, deadline: float | None = None,
-               progress: Callable[[int], None] = lambda _n: None) -> torch.nn.Module:
+               progress: Callable[[int], None] = lambda _n: None, device: str = "cpu") -> torch.nn.Module:
     """Train with Dice + cross-entropy and Adam. ``deadline`` (a ``time.monotonic()`` value) ends the
-    run with :class:`TimeBudgetExceeded`; ``progress`` is told after each epoch."""
+    run with :class:`TimeBudgetExceeded`; ``progress`` is told after each epoch. The network is built and
+    initialised on the CPU (the same weights for a seed on any device), then moved to ``device``; the
+    batches' order comes from a CPU generator, so only the arithmetic differs between devices."""
     from monai.losses import DiceCELoss
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = build_unet(n_classes, channels)
+    net = build_unet(n_classes, channels).to(device)
     x = torch.from_numpy(np.ascontiguousarray(_divisible(images, channels), dtype=np.float32))[:, None]
     y = torch.from_numpy(np.ascontiguousarray(_divisible(labels, channels), dtype=np.int64))[:, None]
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -62,7 +64,7 @@ def train_unet(images: np.ndarray, labels: np.ndarray, n_classes: int, *, epochs
         for i in range(0, len(x), batch_size):
             b = perm[i:i + batch_size]
             opt.zero_grad()
-            loss_fn(net(x[b]), y[b]).backward()
+            loss_fn(net(x[b].to(device)), y[b].to(device)).backward()
             opt.step()
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeBudgetExceeded(f"time budget ran out during epoch {epoch + 1} of {epochs}")
@@ -73,17 +75,21 @@ def train_unet(images: np.ndarray, labels: np.ndarray, n_classes: int, *, epochs
 def predict(net: torch.nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     out = []
     channels = tuple(net.channels)
+    device = next(net.parameters()).device
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             batch = _divisible(images[i:i + batch_size], channels)
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))[:, None]
-            maps = net(x).argmax(1).numpy().astype(np.uint8)
+            maps = net(x.to(device)).argmax(1).cpu().numpy().astype(np.uint8)
             out.append(_crop_back(maps, images.shape[1:]))
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
 class MonaiBackend:
     """Train on one labelled set, score per case on the test set."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device  # resolved by the validator: "cpu", "cuda" or "cuda:N"
 
     def fit_score(self, images, labels, test_images, test_labels, n_classes, params, seed, deadline,
                   progress) -> dict[str, np.ndarray]:
@@ -92,7 +98,7 @@ class MonaiBackend:
         try:
             net = train_unet(images, labels, n_classes, epochs=params.epochs, batch_size=params.batch_size,
                              lr=params.learning_rate, channels=tuple(params.channels), seed=seed, deadline=deadline,
-                             progress=progress)
+                             progress=progress, device=self.device)
         except TimeBudgetExceeded as e:
             raise TimeBudgetExceeded(f"segmentation: time_budget_s = {params.time_budget_s:g} ran out ({e})") from None
         pred = predict(net, test_images)

@@ -22,9 +22,10 @@ INSTALL_HINT = ("nnU-Net v2 is an optional extra: install it without its torchvi
 
 
 class NnUNetBackend:
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         import importlib.util
 
+        self.device = device  # resolved by the validator: "cpu", "cuda" or "cuda:N"
         if importlib.util.find_spec("nnunetv2") is None:
             raise InputError(f"params.backend is nnunet but nnunetv2 is not installed: {INSTALL_HINT}")
 
@@ -37,7 +38,8 @@ class NnUNetBackend:
             np.savez(work / "job.npz", train_images=images, train_labels=labels, test_images=test_images,
                      n_classes=n_classes)
             (work / "job.json").write_text(json.dumps({"epochs": params.epochs, "seed": seed,
-                                                       "iterations": params.nnunet_iterations}))
+                                                       "iterations": params.nnunet_iterations,
+                                                       "device": self.device}))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeBudgetExceeded(f"segmentation: time_budget_s = {params.time_budget_s:g} ran out")

@@ -8,7 +8,8 @@ would replace the CPU build of torch.
 
     python -m gate_plugins.segmentation.nnunet_job WORKDIR
 reads WORKDIR/job.npz (train images/labels, test images, n_classes) and WORKDIR/job.json (epochs,
-iterations, seed) and writes WORKDIR/prediction.npy.
+iterations, seed, device: "cpu", "cuda" or "cuda:N", already resolved by the parent) and writes
+WORKDIR/prediction.npy.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main(workdir: Path) -> None:
     import torch
 
     torch.manual_seed(job["seed"])
+    device = torch.device(job.get("device", "cpu"))
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                       preprocess)
@@ -77,8 +79,7 @@ def main(workdir: Path) -> None:
     pre = workdir / "preprocessed" / DATASET
     plans, dataset_json = load_json(str(pre / "nnUNetPlans.json")), load_json(str(pre / "dataset.json"))
     plans["continue_training"] = False  # nnU-Net 2.8 pops this key in __init__
-    trainer = ShortTrainer(plans=plans, configuration="2d", fold="all", dataset_json=dataset_json,
-                           device=torch.device("cpu"))
+    trainer = ShortTrainer(plans=plans, configuration="2d", fold="all", dataset_json=dataset_json, device=device)
     trainer.run_training()
 
     pm = PlansManager(plans)
@@ -87,7 +88,7 @@ def main(workdir: Path) -> None:
                                                    pm.get_label_manager(dataset_json).num_segmentation_heads,
                                                    enable_deep_supervision=False)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                device=torch.device("cpu"), perform_everything_on_device=False, verbose=False)
+                                device=device, perform_everything_on_device=False, verbose=False)
     ck = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     predictor.manual_initialization(net, pm, cm, [ck["network_weights"]], dataset_json, type(trainer).__name__,
                                     ck.get("inference_allowed_mirroring_axes"))

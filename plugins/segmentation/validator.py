@@ -19,6 +19,7 @@ from gate.featurecache import FeatureCache
 from gate.imageset import ImageSet
 from gate.validators import CheckContext, CheckOutput, Figure, MetricDef, Plan
 from gate_plugins.segmentation import metrics as M
+from gate_plugins.toolkit.device import describe, device_problem, resolve_device
 
 _SCALARS = {
     "dice_mean": "mean Dice over the foreground classes of the segmenter trained on the candidate, on real holdout",
@@ -82,8 +83,9 @@ class SegmentationValidator:
                   "mean share of labelled (non-background) pixels in the candidate's label maps"),)
 
     def preflight(self, plan: Plan, params: SegmentationParams) -> list[str]:
+        device = device_problem(plan.device)
         return _label_problems(plan.candidate_labelled, plan.candidate_shape, plan.holdout,
-                               plan.train if params.baseline else None)
+                               plan.train if params.baseline else None) + ([device] if device else [])
 
     def run(self, context: CheckContext, params: SegmentationParams) -> CheckOutput:
         deadline = time.monotonic() + params.time_budget_s
@@ -92,7 +94,8 @@ class SegmentationValidator:
         rng = np.random.default_rng(context.seed + 31337)
         test_idx = np.sort(rng.choice(len(holdout), size=min(len(holdout), params.max_test_slices), replace=False))
         test_images, test_labels = holdout.images[test_idx], holdout.labels[test_idx]
-        backend = _backend(params)
+        device = resolve_device(context.device)
+        backend = _backend(params, str(device))
         names = [params.class_names.get(c, f"class{c}") for c in class_ids[1:]]
 
         synthetic = backend.fit_score(cand.images, cand.labels, test_images, test_labels, n_classes, params,
@@ -102,7 +105,7 @@ class SegmentationValidator:
         if params.baseline:
             pick = np.sort(np.random.default_rng(context.seed).choice(
                 len(train), size=min(len(train), len(cand)), replace=False))
-            key = _baseline_key(train, holdout, pick, test_idx, n_classes, params, context.seed)
+            key = _baseline_key(train, holdout, pick, test_idx, n_classes, params, context.seed, device.type)
             cache = FeatureCache(context.cache_dir) if params.cache and context.cache_dir else None
             lookup = cache.load(f"segmentation-baseline-{key}") if cache else None
             cache_status = lookup.status if lookup else "off"
@@ -158,7 +161,7 @@ class SegmentationValidator:
                 shows_real_images=True))
         return CheckOutput(table=table, figures=figures, scalars={k: float(scalars.get(k, np.nan)) for k in _SCALARS},
                            diagnostics=diagnostics,
-                           provenance={"backend": params.backend, **backend.versions()})
+                           provenance={"backend": params.backend, "device": describe(device), **backend.versions()})
 
 
 def _check_labels(cand: ImageSet, holdout: ImageSet | None, train: ImageSet | None) -> tuple[int, list[int]]:
@@ -221,7 +224,8 @@ def _class_problems(sets: list[ImageSet], holdout: ImageSet) -> list[str]:
     return problems
 
 
-def _baseline_key(train: ImageSet, holdout: ImageSet, pick, test_idx, n_classes, params, seed) -> str:
+def _baseline_key(train: ImageSet, holdout: ImageSet, pick, test_idx, n_classes, params, seed,
+                  device: str = "cpu") -> str:
     import monai
     import torch
 
@@ -230,18 +234,20 @@ def _baseline_key(train: ImageSet, holdout: ImageSet, pick, test_idx, n_classes,
     blob = json.dumps({"train": train.manifest_sha256(), "holdout": holdout.manifest_sha256(),
                        "pick": np.asarray(pick).tolist(), "test": np.asarray(test_idx).tolist(),
                        "classes": n_classes, "params": relevant, "seed": seed,
-                       "torch": torch.__version__, "monai": monai.__version__}, sort_keys=True)
+                       "torch": torch.__version__, "monai": monai.__version__,
+                       # another device's arithmetic gives other scores; the CPU's keys stay as they were
+                       **({"device": device} if device != "cpu" else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _backend(params: SegmentationParams):
+def _backend(params: SegmentationParams, device: str):
     if params.backend == "nnunet":
         from gate_plugins.segmentation.nnunet_backend import NnUNetBackend
 
-        return NnUNetBackend()
+        return NnUNetBackend(device)
     from gate_plugins.segmentation.monai_backend import MonaiBackend
 
-    return MonaiBackend()
+    return MonaiBackend(device)
 
 
 #: holdout cases drawn in the worst-cases figure

@@ -52,6 +52,16 @@ class _TorchExtractor:
     name = "?"
     layers: tuple[str, ...] = ()
     prefilter_sigma: float = 0.0
+    #: where the network runs (:meth:`to`); the features come back to the CPU as float64 either way
+    device = torch.device("cpu")
+
+    def to(self, device) -> "_TorchExtractor":
+        """Move the network (and any tensor it keeps) to ``device``, as ``torch.nn.Module.to`` does."""
+        self.device = torch.device(device)
+        for name, value in vars(self).items():
+            if isinstance(value, (torch.nn.Module, torch.Tensor)):
+                setattr(self, name, value.to(self.device))
+        return self
 
     def _layers(self, batch: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -62,8 +72,8 @@ class _TorchExtractor:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 x = preprocess(images[start:start + batch_size], self.prefilter_sigma)
-                for k, feat in enumerate(self._layers(torch.from_numpy(x)[:, None])):
-                    out[k].append(feat.double().numpy())
+                for k, feat in enumerate(self._layers(torch.from_numpy(x)[:, None].to(self.device))):
+                    out[k].append(feat.double().cpu().numpy())
                 progress(len(x))
         return {name: np.concatenate(parts) for name, parts in zip(self.layers, out)}
 
@@ -88,7 +98,7 @@ class ScatteringExtractor(_TorchExtractor):
             # the package frontend imports the 3D transform, which breaks on scipy >= 1.17
             from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
 
-            self._cache[shape] = ScatteringTorch2D(J=self.J, shape=shape, L=self.L)
+            self._cache[shape] = ScatteringTorch2D(J=self.J, shape=shape, L=self.L).to(self.device)
         return self._cache[shape]
 
     def _layers(self, batch):
@@ -192,7 +202,8 @@ class MriCoreExtractor(_TorchExtractor):
 EXTRACTORS = ("scattering-j3l8", "efficientnet-lite0", "mri-core")
 
 
-def build_extractor(name: str, checkpoint: Path | None = None, prefilter_sigma: float = 0.0) -> FeatureExtractor:
+def build_extractor(name: str, checkpoint: Path | None = None, prefilter_sigma: float = 0.0,
+                    device: str = "cpu") -> FeatureExtractor:
     if name == "scattering-j3l8":
         ext: _TorchExtractor = ScatteringExtractor()
     elif name == "efficientnet-lite0":
@@ -202,4 +213,4 @@ def build_extractor(name: str, checkpoint: Path | None = None, prefilter_sigma: 
     else:
         raise ConfigError(f"unknown feature extractor {name!r} (choose from {', '.join(EXTRACTORS)})")
     ext.prefilter_sigma = float(prefilter_sigma)
-    return ext
+    return ext.to(device)
