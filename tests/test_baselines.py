@@ -58,3 +58,41 @@ def test_prdc_and_relative_distribution_metrics(sets):
     rel = distribution_metrics(train, test, shifted)
     assert rel["fid_ratio"] > 3 and rel["fid_real"] > 0
     assert np.isnan(distribution_metrics(train, None, shifted).get("fid_ratio", np.nan))
+
+
+def test_nearest_neighbours_in_blocks_equal_the_whole_distance_matrix():
+    """Memory linear in the train size (issue 16: 24,000 train images built 24,000^2 matrices and crashed):
+    the blocked search gives the answers of the full matrix, whatever the block."""
+    rng = np.random.default_rng(3)
+    train, gen = rng.normal(size=(300, 16)), rng.normal(size=(40, 16))
+    train[7] = train[11]  # a duplicate: its nearest other row is at distance 0
+
+    def full(q, ref, exclude_self=False):
+        d2 = baselines.sq_dists(q, ref)
+        if exclude_self:
+            np.fill_diagonal(d2, np.inf)
+        idx = d2.argmin(1)
+        return np.sqrt(d2[np.arange(len(q)), idx]), idx
+
+    for block_bytes in (8 * 300, 8 * 300 * 7, baselines.BLOCK_BYTES):  # one row, seven rows, all at once
+        for q, ref, ex in ((gen, train, False), (train, train, True)):
+            d, i = baselines._nn_dist(q, ref, ex, block_bytes=block_bytes)
+            d_full, i_full = full(q, ref, ex)
+            assert np.allclose(d, d_full, atol=1e-9) and np.array_equal(i, i_full)
+    assert baselines._nn_dist(train, train, True)[0][7] == 0.0
+
+
+def test_kernel_statistics_use_every_row_up_to_the_cap_and_a_seeded_subset_above():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(120, 8)), rng.normal(0.3, 1, size=(80, 8))
+    z = np.concatenate([a, b])
+    d2 = baselines.sq_dists(z, z)
+    k = np.exp(-d2 / np.median(d2[np.triu_indices(len(z), 1)]))
+    exact = baselines._unbiased_mmd2(k[:120, :120], k[120:, 120:], k[:120, 120:])
+    assert baselines.mmd_rbf(a, b) == pytest.approx(exact, rel=1e-12)  # under the caps: the exact statistic
+    big = rng.normal(size=(baselines.MAX_KERNEL_ROWS + 500, 8))
+    assert baselines.kid(big, b, seed=1) == baselines.kid(big, b, seed=1) != baselines.kid(big, b, seed=2)
+    # a subset estimates the same quantity: near the whole set's value for a clear shift
+    whole = baselines._unbiased_mmd2(*(((x @ y.T) / 8 + 1) ** 3 for x, y in ((big, big), (b + 1, b + 1),
+                                                                             (big, b + 1))))
+    assert baselines.kid(big, b + 1) == pytest.approx(whole, rel=0.15)

@@ -136,8 +136,10 @@ class MemorizationValidator:
                   "share of authentic samples (Alaa et al. 2022): not closer to their nearest train image "
                   "than that image is to its own nearest train neighbour"),
         MetricDef("fid", None, "scalar", "Frechet distance between candidate and train features (falls when copying)"),
-        MetricDef("mmd", None, "scalar", "unbiased RBF-kernel MMD^2 between candidate and train features"),
-        MetricDef("kid", None, "scalar", "Kernel Inception Distance (cubic kernel) between candidate and train"),
+        MetricDef("mmd", None, "scalar", "unbiased RBF-kernel MMD^2 between candidate and train features (each set "
+                                                 "subsampled to 2000 rows, seeded, when larger)"),
+        MetricDef("kid", None, "scalar", "Kernel Inception Distance (cubic kernel) between candidate and train (each "
+                                                 "set subsampled to 2000 rows, seeded, when larger)"),
         MetricDef("n_copied_volumes", None, "scalar", "candidate volumes whose flagged slices match consecutive "
                                                       "slices of one train volume (0 for 2D data)"),
         MetricDef("ct", None, "scalar", "data-copying statistic C_T (Meehan et al. 2020) against the holdout: "

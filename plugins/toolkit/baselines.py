@@ -2,12 +2,24 @@
 
 Every function takes feature matrices ``[n, d]``: ``train`` (the generator's training set),
 ``gen`` (the candidate) and, where a test needs it, ``test`` (real images the generator never saw).
+
+Memory is linear in the number of rows: nearest neighbours are exact, computed in blocks of queries
+(:data:`BLOCK_BYTES` of distances at a time); the kernel statistics (MMD, KID) use every row up to
+:data:`MAX_KERNEL_ROWS` per set and a seeded random subset above it, which keeps them unbiased (a U-statistic
+over a random subset estimates the same MMD^2, with a standard error that shrinks as 1/sqrt(rows)).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import linalg, stats
+
+#: distances computed at once by the nearest-neighbour search: 64 MiB, whatever the set sizes
+BLOCK_BYTES = 64 * 2**20
+#: rows per set in a kernel statistic; a larger set is subsampled (seeded): its kernel matrices are quadratic
+MAX_KERNEL_ROWS = 2000
+#: rows whose pairwise distances set the RBF bandwidth (the median heuristic needs no more)
+MAX_BANDWIDTH_ROWS = 1000
 
 
 def sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -37,29 +49,51 @@ def _unbiased_mmd2(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
                  - 2 * kxy.mean())
 
 
-def mmd_rbf(a: np.ndarray, b: np.ndarray) -> float:
-    """Unbiased MMD^2 with a Gaussian kernel whose bandwidth is the median pairwise distance."""
+def _rows(x: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """``x`` itself up to ``limit`` rows, else a seeded random subset of ``limit`` rows (in their order)."""
+    if len(x) <= limit:
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(len(x), size=limit, replace=False))]
+
+
+def mmd_rbf(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
+    """Unbiased MMD^2 with a Gaussian kernel whose bandwidth is the median pairwise distance (over at most
+    :data:`MAX_BANDWIDTH_ROWS` rows of the pooled sets; each set capped at :data:`MAX_KERNEL_ROWS`)."""
+    a, b = _rows(a, MAX_KERNEL_ROWS, seed), _rows(b, MAX_KERNEL_ROWS, seed + 1)
     z = np.concatenate([a, b])
-    d2 = sq_dists(z, z)
-    gamma = 1.0 / max(float(np.median(d2[np.triu_indices(len(z), 1)])), 1e-12)
-    k = np.exp(-gamma * d2)
+    pool = _rows(z, MAX_BANDWIDTH_ROWS, seed + 2)
+    gamma = 1.0 / max(float(np.median(sq_dists(pool, pool)[np.triu_indices(len(pool), 1)])), 1e-12)
     m = len(a)
+    k = np.exp(-gamma * sq_dists(z, z))
     return _unbiased_mmd2(k[:m, :m], k[m:, m:], k[:m, m:])
 
 
-def kid(a: np.ndarray, b: np.ndarray) -> float:
-    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2, kernel (x.y / d + 1)^3."""
+def kid(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
+    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2, kernel (x.y / d + 1)^3 (each set
+    capped at :data:`MAX_KERNEL_ROWS` rows)."""
+    a, b = _rows(a, MAX_KERNEL_ROWS, seed), _rows(b, MAX_KERNEL_ROWS, seed + 1)
     d = a.shape[1]
     kern = lambda x, y: (x @ y.T / d + 1.0) ** 3  # noqa: E731
     return _unbiased_mmd2(kern(a, a), kern(b, b), kern(a, b))
 
 
-def _nn_dist(q: np.ndarray, ref: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    d2 = sq_dists(q, ref)
-    if exclude_self:
-        np.fill_diagonal(d2, np.inf)
-    idx = d2.argmin(1)
-    return np.sqrt(d2[np.arange(len(q)), idx]), idx
+def _nn_dist(q: np.ndarray, ref: np.ndarray, exclude_self: bool = False,
+             block_bytes: int = BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Euclidean nearest neighbour of each row of ``q`` in ``ref`` (with ``exclude_self``, ``q`` is
+    ``ref`` and a row is not its own neighbour), a block of queries at a time: memory follows
+    ``len(ref)``, never ``len(q) * len(ref)``."""
+    block = max(1, block_bytes // (8 * max(len(ref), 1)))
+    ref_sq = (ref * ref).sum(1)
+    dist, idx = np.empty(len(q)), np.empty(len(q), dtype=np.int64)
+    for start in range(0, len(q), block):
+        part = q[start:start + block]
+        d2 = np.maximum((part * part).sum(1)[:, None] + ref_sq[None, :] - 2 * part @ ref.T, 0)
+        rows = np.arange(len(part))
+        if exclude_self:
+            d2[rows, start + rows] = np.inf
+        best = d2.argmin(1)
+        dist[start:start + len(part)], idx[start:start + len(part)] = np.sqrt(d2[rows, best]), best
+    return dist, idx
 
 
 def authenticity(train: np.ndarray, gen: np.ndarray) -> np.ndarray:
