@@ -32,7 +32,8 @@ _SCALARS = {
     "baseline_dice_mean": "mean Dice of the real-only baseline (same budget) on the same holdout",
     "dice_drop": "baseline Dice minus candidate Dice, mean over holdout cases",
     "dice_drop_lower": "lower end of the 95 % paired-bootstrap interval of dice_drop",
-    "dice_drop_upper": "upper end of that interval: a rule `dice_drop_upper lte 0.05` bounds the loss",
+    "dice_drop_upper": "upper end of the 95 % paired-bootstrap interval of the Dice lost by training on the "
+                       "candidate instead of real images (a rule `dice_drop_upper lte 0.05` bounds the loss)",
     "hd95_increase": "candidate HD95 minus baseline HD95, mean over holdout cases",
     "hd95_increase_lower": "lower end of the 95 % paired-bootstrap interval of hd95_increase",
     "hd95_increase_upper": "upper end of that interval",
