@@ -36,7 +36,8 @@ _SCALARS = {
                        "candidate instead of real images (a rule `dice_drop_upper lte 0.05` bounds the loss)",
     "hd95_increase": "candidate HD95 minus baseline HD95, mean over holdout cases",
     "hd95_increase_lower": "lower end of the 95 % paired-bootstrap interval of hd95_increase",
-    "hd95_increase_upper": "upper end of that interval",
+    "hd95_increase_upper": "upper end of the 95 % paired-bootstrap interval of the HD95 increase (pixels) from "
+                           "training on the candidate instead of real images",
     "mixed_dice_mean": "mean Dice of a segmenter trained on real + synthetic (when params.real_plus_synthetic)",
     "mixed_dice_gain": "mixed_dice_mean minus baseline_dice_mean (positive: the synthetic data helps)",
 }
