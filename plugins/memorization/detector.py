@@ -4,8 +4,9 @@ Calibrated Memorization Index, with reference features cached by content."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from gate.imageset import content_digest
 from gate.featurecache import FeatureCache, cache_key
 from gate_plugins.memorization import maths
 from gate_plugins.toolkit.extractors import FeatureExtractor
+from gate_plugins.toolkit.search import EXACT_LIMIT, NeighbourIndex
 from gate_plugins.memorization.transforms import Invariance, apply, misalign, transform_set
 from gate_plugins.memorization.verification import VerifySettings, verify_pairs
 
@@ -30,6 +32,30 @@ class _Transformed:
 
     def __getitem__(self, sl: slice) -> np.ndarray:
         return apply(self.images[sl], self.fn)
+
+
+def inverse_transforms(invariance: Invariance) -> list[int]:
+    """For each transform ``t`` of the set, the ``u`` with ``T_u(T_t(x)) == x`` (found on a probe image,
+    so it holds for any transform set that is a group)."""
+    transforms = transform_set(invariance)
+    probe = np.arange(16.0).reshape(1, 4, 4)
+    return [next(u for u, (_, g) in enumerate(transforms) if np.array_equal(apply(apply(probe, f), g), probe))
+            for _, f in transforms]
+
+
+MatchSide = Literal["auto", "reference", "query"]
+
+
+def choose_match_side(n_train: int, n_queries: int, n_transforms: int, null_sample: int) -> str:
+    """The cheaper side in feature extractions. The reference side extracts every train image under every
+    transform (``T * n_train``, cached by content); the query side extracts the train images once and every
+    query, and a fixed sample of train rows for the paper's null, under every transform
+    (``n_train + T * (n_queries + null_sample)``). Ties stay on the reference side (the paper's layout)."""
+    if n_transforms == 1:
+        return "reference"
+    reference = n_transforms * n_train
+    query = n_train + n_transforms * (n_queries + min(n_train, null_sample))
+    return "query" if query < reference else "reference"
 
 
 class _Misaligned:
@@ -52,13 +78,9 @@ def _device_part(extractor) -> dict:
     return {} if kind == "cpu" else {"device": kind}
 
 
-def _flat_index(rows: np.ndarray):
-    """Exact inner-product search over unit rows."""
-    import faiss
-
-    index = faiss.IndexFlatIP(rows.shape[1])
-    index.add(np.ascontiguousarray(rows, dtype=np.float32))
-    return index
+def _search_index(rows: np.ndarray, exact_limit: int | None):
+    """Inner-product search over unit rows: exact up to ``exact_limit`` rows, beyond it re-ranked exactly."""
+    return NeighbourIndex(exact_limit=EXACT_LIMIT if exact_limit is None else exact_limit).fit(rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,36 +110,66 @@ class Detector:
     #: verification scores a sample by its membership contrast (aligned similarity to train against that to
     #: the holdout's images, maths.membership_contrast); False: by the similarity to train alone
     verify_contrast: bool = True
+    #: where the transforms are applied: the reference (every train image under every transform) or the
+    #: queries (candidates, holdout, planted copies); auto: the one that extracts fewer images
+    match_side: MatchSide = "auto"
+    #: train images whose misaligned copies estimate the nuisance covariance: a fixed-size, seeded sample
+    #: (all of them when fewer), so the cost does not grow with the train set (see benchmarks/scale.py)
+    nuisance_images: int = 512
+    #: train rows whose transformed views make the paper's null on the query side (a fixed, seeded sample)
+    null_sample: int = 256
+    #: reference rows up to which search is exact (None: gate_plugins.toolkit.search.EXACT_LIMIT); larger
+    #: references get an inverted file whose candidates are re-ranked exactly, kept in the cache
+    exact_limit: int | None = None
 
     @property
     def transforms(self) -> list[str]:
         return [name for name, _ in transform_set(self.invariance)]
+
+    def resolve_side(self, n_train: int, n_queries: int) -> str:
+        if self.match_side != "auto":
+            return "reference" if len(self.transforms) == 1 else self.match_side
+        return choose_match_side(n_train, n_queries, len(self.transforms), self.null_sample)
+
+    def turned(self, images: np.ndarray, progress: Progress = lambda _n: None) -> list[list[np.ndarray]]:
+        """The images' features under the inverse of each transform but the identity (query-side matching)."""
+        transforms, inverse = transform_set(self.invariance), inverse_transforms(self.invariance)
+        return [self.features(_Transformed(images, transforms[inverse[t]][1]), progress)
+                for t in range(1, len(transforms))]
+
+    def nuisance_sources(self, n_train: int) -> np.ndarray:
+        """The train images whose misaligned copies are drawn, in draw order: every image when there are at
+        most ``nuisance_images`` (as before the sample existed), else a seeded sample of that many."""
+        if n_train <= self.nuisance_images:
+            return np.arange(n_train)
+        return np.sort(np.random.default_rng(0).choice(n_train, self.nuisance_images, replace=False))
 
     def features(self, images: np.ndarray, progress: Progress = lambda _n: None) -> list[np.ndarray]:
         feats = self.extractor.extract(images, self.batch_size, progress)
         return [feats[k] for k in self.extractor.layers]
 
     def reference_features(self, train: np.ndarray, digest: str | None = None,
-                           progress: Progress = lambda _n: None) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
-        """Train features under every transform (transform-major) and the nuisance feature changes,
-        from the cache when possible."""
-        transforms = transform_set(self.invariance)
-        if len(transforms) > 1 and train.shape[1] != train.shape[2]:
+                           progress: Progress = lambda _n: None, side: str = "reference",
+                           ) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
+        """Train features, on the reference side under every transform (transform-major), on the query side
+        untransformed, and the nuisance feature changes, from the cache when possible."""
+        transforms = transform_set(self.invariance) if side == "reference" else transform_set("none")
+        if len(self.transforms) > 1 and train.shape[1] != train.shape[2]:
             raise ValueError(f"invariance '{self.invariance}' needs square images, got {train.shape[1:]}")
         n_layers = len(self.extractor.layers)
-        key = self._reference_key(train, digest) if self.cache_dir is not None else None
+        src = np.tile(self.nuisance_sources(len(train)), self.nuisance_copies)
+        key = self._reference_key(train, digest, side) if self.cache_dir is not None else None
         self.cache_status_ = "off"  # hit | miss | tampered (a forged or damaged entry, recomputed) | off
         if key is not None:
             self.cache_status_, hit = self._cached_reference(key)
             if hit is not None:
-                progress(len(train) * (len(transforms) + self.nuisance_copies))
+                progress(len(train) * len(transforms) + len(src))
                 return hit[0], hit[1], True
         parts = [self.features(_Transformed(train, fn), progress) for _, fn in transforms]
         reference = [np.concatenate([p[k] for p in parts]) for k in range(n_layers)]
         nuisance = [np.zeros((0, r.shape[1])) for r in reference]
         if self.nuisance_copies:
             rng = np.random.default_rng(0)  # fixed: the same train set always gives the same whitening
-            src = np.tile(np.arange(len(train)), self.nuisance_copies)
             feats = self.features(_Misaligned(train, src, rng), progress)
             nuisance = [f - r[src] for f, r in zip(feats, reference)]  # rows 0..N-1 are the identity
         if key is not None:
@@ -126,22 +178,47 @@ class Detector:
         return reference, nuisance, False
 
     def cached_reference_features(self, train: np.ndarray, digest: str | None = None) -> list[np.ndarray] | None:
-        """The train features under every transform (transform-major, as :meth:`reference_features`) when the
-        cache already holds them (the memorization check computed them), else None: never computes them, so a
-        caller that needs only the identity rows can extract those alone instead of every transform's. Sets
-        ``cache_status_`` as :meth:`reference_features` does."""
+        """The train features (transform-major, identity first, as :meth:`reference_features` on either side)
+        when the cache already holds them (the memorization check computed them), else None: never computes
+        them, so a caller that needs only the identity rows can extract those alone instead of every
+        transform's. Sets ``cache_status_`` as :meth:`reference_features` does."""
         self.cache_status_ = "off"
         if self.cache_dir is None:
             return None
-        self.cache_status_, hit = self._cached_reference(self._reference_key(train, digest))
-        return hit[0] if hit is not None else None
+        for side in ("reference", "query"):  # whichever side the memorization check matched on
+            self.cache_status_, hit = self._cached_reference(self._reference_key(train, digest, side))
+            if hit is not None:
+                return hit[0]
+        return None
 
-    def _reference_key(self, train: np.ndarray, digest: str | None) -> str:
+    def _reference_key(self, train: np.ndarray, digest: str | None, side: str = "reference") -> str:
+        # the parts added since the layout began enter only when they change the entry, so that entries
+        # stored before them stay valid
+        extra = {"side": side} if side != "reference" else {}
+        if len(train) > self.nuisance_images and self.nuisance_copies:
+            extra["nuisance_images"] = self.nuisance_images
         return cache_key(kind="memorization-reference", format=2, train=digest or content_digest(train),
                          extractor=self.extractor.name, weights=self.extractor.weights_sha256(),
                          prefilter=getattr(self.extractor, "prefilter_sigma", 0.0),
                          layers=list(self.extractor.layers), transforms=self.transforms,
-                         nuisance_copies=self.nuisance_copies, **_device_part(self.extractor))
+                         nuisance_copies=self.nuisance_copies, **extra, **_device_part(self.extractor))
+
+    def _search_key(self, train: np.ndarray, digest: str | None) -> str:
+        """The per-layer search indexes over the whitened reference rows: what the reference entry holds, and
+        the whitening and the search settings."""
+        return cache_key(kind="memorization-search", format=1, reference=self._reference_key(train, digest, self.side_),
+                         covariance=self.covariance, exact_limit=self.exact_limit or EXACT_LIMIT)
+
+    def _cached_searchers(self, key: str, n_rows: int) -> list[NeighbourIndex] | None:
+        """The persisted indexes when the reference is above the exact limit and the cache holds them whole."""
+        if n_rows <= (self.exact_limit or EXACT_LIMIT):
+            return None
+        hit = FeatureCache(self.cache_dir).load(key).arrays
+        n_layers = len(self.extractor.layers)
+        if hit is None or "meta" not in hit or not all(f"index_{k}" in hit for k in range(n_layers)):
+            return None
+        meta = json.loads(bytes(hit["meta"]).decode())
+        return [NeighbourIndex.from_bytes(hit[f"index_{k}"], meta[k]) for k in range(n_layers)]
 
     def _cached_reference(self, key: str) -> tuple[str, tuple[list[np.ndarray], list[np.ndarray]] | None]:
         """The cache's status for ``key`` and, on a whole authentic entry, (reference, nuisance) per layer."""
@@ -156,22 +233,46 @@ class Detector:
         return lookup.status, ([hit[f"ref_{k}"] for k in range(n_layers)], [hit[f"nuis_{k}"] for k in range(n_layers)])
 
     def fit(self, train: np.ndarray, *, digest: str | None = None, calibration: np.ndarray | None = None,
-            calibration_groups: Sequence[object] | None = None, progress: Progress = lambda _n: None) -> "Detector":
+            calibration_groups: Sequence[object] | None = None, progress: Progress = lambda _n: None,
+            n_queries: int = 0) -> "Detector":
         """``calibration_groups`` names the subject of each calibration (holdout) image, so that a holdout
-        image's non-members exclude its own subject's other slices (``None``: each image its own group)."""
-        reference, nuisance, self.cache_hit_ = self.reference_features(train, digest, progress)
+        image's non-members exclude its own subject's other slices (``None``: each image its own group).
+        ``n_queries`` (the candidates and planted copies to be scored) decides the side with ``match_side: auto``."""
         n = len(train)
+        n_cal = 0 if calibration is None else len(calibration)
+        self.side_ = self.resolve_side(n, n_queries + n_cal)
+        reference, nuisance, self.cache_hit_ = self.reference_features(train, digest, progress, self.side_)
         train_layers = [r[:n] for r in reference]  # transform 0 is the identity
         cal = self.features(calibration, progress) if calibration is not None else None
         self.calibration_features_ = cal
-        self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed, self.tail).fit(
-            train_layers, reference, len(self.transforms), cal, nuisance if self.nuisance_copies else None)
+        query_side = self.side_ == "query"
+        cal_turned = null_turned = None
+        if query_side:
+            rows = np.arange(n) if n <= self.null_sample else \
+                np.sort(np.random.default_rng(self.null_seed).choice(n, self.null_sample, replace=False))
+            null_turned = maths.Turned(rows, self.turned(train[rows], progress))
+            if cal is not None:
+                cal_turned = maths.Turned(np.arange(n_cal), self.turned(calibration, progress))
+        search_key = self._search_key(train, digest) if self.cache_dir is not None else None
+        searchers = self._cached_searchers(search_key, len(reference[0])) if search_key is not None else None
+        self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed, self.tail,
+                                              self.exact_limit).fit(
+            train_layers, None if query_side else reference, len(self.transforms), cal,
+            nuisance if self.nuisance_copies else None, calibration_turned=cal_turned, null_turned=null_turned,
+            searchers=searchers)
+        self.search_cache_ = "hit" if searchers is not None else "off"
+        if searchers is None and search_key is not None and any(x.kind_ != "exact" for x in self.index_.searchers_):
+            meta = [x.describe() for x in self.index_.searchers_]
+            FeatureCache(self.cache_dir).store(search_key, {
+                "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                **{f"index_{k}": x.to_bytes() for k, x in enumerate(self.index_.searchers_)}})
+            self.search_cache_ = "stored"
         self.train_images_ = train
         self.verified_null_ = self.verified_tail_ = None
         if self.verify_k and cal is not None:
             # built once: the holdout, the candidates and the planted copies all retrieve from it
-            self.reference_index_ = _flat_index(self.reference_embedding())
-            to_train = self.verify(calibration, cal, progress)
+            self.reference_index_ = _search_index(self.reference_embedding(), self.exact_limit)
+            to_train = self.verify(calibration, cal, progress, cal_turned)
             self.verified_train_null_ = to_train.similarity
             to_holdout = None
             if self.verify_contrast:
@@ -183,20 +284,27 @@ class Detector:
                     raise ValueError("the holdout holds one subject only: a holdout image's non-members must come "
                                      "from other subjects, so give a holdout of at least 2 subjects")
                 self.holdout_images_, self.holdout_groups_ = calibration, groups
-                views = [cal] + [self.features(_Transformed(calibration, fn), progress)
-                                 for _, fn in transform_set(self.invariance)[1:]]
-                self.holdout_index_ = _flat_index(np.concatenate([self.embed(v) for v in views]))
-                to_holdout = self.verify_non_members(calibration, cal, progress, exclude_groups=groups).similarity
+                # the holdout is a reference here: transformed on the reference side, as train is
+                views = [cal] if query_side else [cal] + [self.features(_Transformed(calibration, fn), progress)
+                                                          for _, fn in transform_set(self.invariance)[1:]]
+                self.holdout_index_ = _search_index(np.concatenate([self.embed(v) for v in views]), self.exact_limit)
+                to_holdout = self.verify_non_members(calibration, cal, progress, exclude_groups=groups,
+                                                     turned=cal_turned).similarity
             self.verified_null_ = self.verification_statistic(to_train.similarity, to_holdout)
             self.verified_tail_ = maths.fit_tail(self.verified_null_) if self.tail else None
         return self
 
-    def fit_work(self, n_train: int, n_calibration: int) -> int:
+    def fit_work(self, n_train: int, n_calibration: int, n_queries: int = 0) -> int:
         """The progress ticks :meth:`fit` reports: one per feature extraction or verified image."""
         t = len(self.transforms)
-        work = n_train * (t + self.nuisance_copies) + n_calibration
+        n_nuisance = len(self.nuisance_sources(n_train)) * self.nuisance_copies
+        if self.resolve_side(n_train, n_queries + n_calibration) == "query":
+            work = n_train + n_nuisance + min(n_train, self.null_sample) * (t - 1) + n_calibration * t
+        else:
+            work = n_train * t + n_nuisance + n_calibration + (n_calibration * (t - 1) if self.verify_contrast
+                                                               and self.verify_k and n_calibration else 0)
         if self.verify_k and n_calibration:
-            work += n_calibration * (1 + ((t - 1) + 1 if self.verify_contrast else 0))
+            work += n_calibration * (2 if self.verify_contrast else 1)
         return work
 
     @property
@@ -208,24 +316,34 @@ class Detector:
     def verifying(self) -> bool:
         return getattr(self, "verified_null_", None) is not None
 
-    def verify(self, images: np.ndarray, layers: list[np.ndarray], progress: Progress = lambda _n: None) -> "Verified":
+    def _query_views(self, images: np.ndarray, layers: list[np.ndarray], turned: maths.Turned | None,
+                     progress: Progress = lambda _n: None) -> list[np.ndarray]:
+        """The queries in the joint embedding, one array per view: the untransformed features, and on the
+        query side their views under each transform's inverse (computed unless given)."""
+        if self.side_ != "query":
+            return [self.embed(layers)]
+        turned = turned if turned is not None else maths.Turned(np.arange(len(images)), self.turned(images, progress))
+        return [self.embed(layers)] + [self.embed(v) for v in turned.views]
+
+    def verify(self, images: np.ndarray, layers: list[np.ndarray], progress: Progress = lambda _n: None,
+               turned: maths.Turned | None = None) -> "Verified":
         """Retrieve then verify: the ``verify_k`` distinct train images nearest to each sample in the
         joint embedding (each under the transform it matched best), each registered to the sample by a
         similarity transform and compared by rank NMI; a sample keeps its best pair."""
-        return self._retrieve_and_verify(images, self.embed(layers), self.reference_index_, self.train_images_,
-                                         progress)
+        return self._retrieve_and_verify(images, self._query_views(images, layers, turned), self.reference_index_,
+                                         self.train_images_, progress)
 
     def verify_non_members(self, images: np.ndarray, layers: list[np.ndarray], progress: Progress = lambda _n: None,
-                           exclude_groups: np.ndarray | None = None) -> "Verified":
+                           exclude_groups: np.ndarray | None = None, turned: maths.Turned | None = None) -> "Verified":
         """As :meth:`verify`, against the holdout; ``exclude_groups[j]`` (a holdout image's own subject)
         is skipped for query ``j``."""
         exclude = None if exclude_groups is None else (np.asarray(exclude_groups), self.holdout_groups_)
-        return self._retrieve_and_verify(images, self.embed(layers), self.holdout_index_, self.holdout_images_,
-                                         progress, exclude)
+        return self._retrieve_and_verify(images, self._query_views(images, layers, turned), self.holdout_index_,
+                                         self.holdout_images_, progress, exclude)
 
-    def _retrieve_and_verify(self, images: np.ndarray, embedded: np.ndarray, index, reference: np.ndarray,
+    def _retrieve_and_verify(self, images: np.ndarray, views: list[np.ndarray], index, reference: np.ndarray,
                              progress: Progress, exclude: tuple[np.ndarray, np.ndarray] | None = None) -> "Verified":
-        pairs = self.retrieve_pairs(embedded, index, len(reference), exclude)
+        pairs = self.retrieve_pairs(views, index, len(reference), exclude)
         transforms = transform_set(self.invariance)
         best = np.full(len(images), -np.inf)
         best_ref, best_transform = np.zeros(len(images), np.int64), np.zeros(len(images), np.int64)
@@ -242,16 +360,26 @@ class Detector:
         return Verified(similarity=np.where(np.isfinite(best), best, 0.0), nn_index=best_ref,
                         nn_transform=best_transform)
 
-    def retrieve_pairs(self, embedded: np.ndarray, index, n_ref: int,
+    def retrieve_pairs(self, views: list[np.ndarray] | np.ndarray, index, n_ref: int,
                        exclude: tuple[np.ndarray, np.ndarray] | None = None) -> list[list[tuple[int, int]]]:
-        """For each query, the ``verify_k`` distinct reference images nearest to it in ``index`` (rows
-        transform-major over ``n_ref`` images), each as (image, transform it matched under). ``exclude``
-        is (the query's group, each reference image's group): a query skips its own group."""
+        """For each query, the ``verify_k`` distinct reference images nearest to it in ``index``, each as
+        (image, transform it matched under). On the reference side ``index`` holds every transform of
+        ``n_ref`` images (transform-major) and ``views`` is the queries' embedding; on the query side it holds
+        the images once and ``views[t]`` is the queries under transform ``t``'s inverse. ``exclude`` is (the
+        query's group, each reference image's group): a query skips its own group."""
+        views = [views] if isinstance(views, np.ndarray) else views
         k = min(self.verify_k, n_ref)
         # several transforms of one image can crowd the top, and an excluded subject fills it: search deeper
         skipped = 0 if exclude is None else int(np.bincount(exclude[1]).max())
         depth = min(index.ntotal, (k + skipped) * len(self.transforms))
-        _, rows = index.search(np.ascontiguousarray(embedded, dtype=np.float32), depth)
+        sims, rows = [], []
+        for v, embedded in enumerate(views):
+            d, r = index.search(np.ascontiguousarray(embedded, dtype=np.float32), depth)
+            sims.append(np.where(r < 0, -np.inf, d))
+            rows.append(np.where(r < 0, -1, r + v * index.ntotal))
+        sims, rows = np.concatenate(sims, axis=1), np.concatenate(rows, axis=1)
+        order = np.argsort(-sims, axis=1, kind="stable")  # one view: faiss's own order is kept
+        rows = np.take_along_axis(rows, order, axis=1)
         out = []
         for j in range(len(rows)):
             found: list[tuple[int, int]] = []
@@ -271,11 +399,12 @@ class Detector:
         p-values (Bonferroni), ``verified`` holds each sample's best aligned similarity to train and
         ``verified_non_member`` (with the contrast) its best to the holdout."""
         layers = self.features(images, progress) if layers is None else layers
-        scores = self.index_.score(layers)
+        turned = maths.Turned(np.arange(len(images)), self.turned(images, progress)) if self.side_ == "query" else None
+        scores = self.index_.score(layers, turned)
         if not self.verifying:
             return scores
-        found = self.verify(images, layers, verify_progress)
-        other = self.verify_non_members(images, layers, verify_progress) if self.verify_contrast else None
+        found = self.verify(images, layers, verify_progress, turned)
+        other = self.verify_non_members(images, layers, verify_progress, turned=turned) if self.verify_contrast else None
         p_verified = self.verified_p_values(found.similarity, None if other is None else other.similarity)
         return dataclasses.replace(scores, p_value=maths.bonferroni_pair(scores.p_value, p_verified),
                                    verified=found.similarity, p_retrieval=scores.p_value, p_verified=p_verified,

@@ -18,6 +18,8 @@ EPS_WHITEN = 1e-6
 EPS_GEOMEAN = 1e-6
 #: Eq. 5 variance floor of the null
 EPS_NULL_VAR = 1e-8
+#: queries per split of the paper's train-halves null (all of a half when it is smaller)
+NULL_QUERIES = 2000
 
 Covariance = Literal["ledoit_wolf", "empirical"]
 
@@ -75,15 +77,34 @@ def whiten(features: np.ndarray, whitener: Whitener) -> np.ndarray:
     return (z / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def nearest(queries: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 3: the largest inner product of each query row with any reference row, and its index."""
-    import faiss
+def nearest(queries: np.ndarray, reference) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 3: the largest inner product of each query row with any reference row, and its index.
+    ``reference`` is the rows (searched exactly) or an index over them (``search(queries, k)`` and
+    ``ntotal``, as faiss's and gate_plugins.toolkit.search's)."""
+    if isinstance(reference, np.ndarray):
+        import faiss
 
-    ref = np.ascontiguousarray(reference, dtype=np.float32)
-    index = faiss.IndexFlatIP(ref.shape[1])
-    index.add(ref)
-    sim, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+        ref = np.ascontiguousarray(reference, dtype=np.float32)
+        reference = faiss.IndexFlatIP(ref.shape[1])
+        reference.add(ref)
+    sim, idx = reference.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
     return sim[:, 0].astype(np.float64), idx[:, 0].astype(np.int64)
+
+
+def _n_rows(reference) -> int:
+    return len(reference) if isinstance(reference, np.ndarray) else int(reference.ntotal)
+
+
+def nearest_over_views(views: Sequence[np.ndarray], reference) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 3 when each query is seen several ways (``views[v]``, rows aligned): the largest inner product
+    of any view of a query with any reference row, and its row as ``v * len(reference) + i``. One view is
+    :func:`nearest`; matching a query under transforms against an untransformed reference is one view
+    per transform."""
+    found = [nearest(v, reference) for v in views]
+    sims = np.stack([f[0] for f in found])
+    best = sims.argmax(0)
+    cols = np.arange(sims.shape[1])
+    return sims[best, cols], best * _n_rows(reference) + np.stack([f[1] for f in found])[best, cols]
 
 
 def aggregate(per_layer: Sequence[np.ndarray]) -> np.ndarray:
@@ -99,13 +120,20 @@ def consensus(per_layer_nn: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def null_similarities(train_layers: Sequence[np.ndarray], n_splits: int = 10, seed: int = 1234,
-                      reference_layers: Sequence[np.ndarray] | None = None, n_transforms: int = 1) -> np.ndarray:
+                      reference_layers: Sequence[np.ndarray] | None = None, n_transforms: int = 1,
+                      turned: "Turned | None" = None, max_queries: int = NULL_QUERIES) -> np.ndarray:
     """Eq. 5's sample: ``n_splits`` random splits of the train rows into disjoint halves A and B;
     each row of A gets its aggregated 1-NN similarity to B. All values pooled.
 
     ``train_layers`` are already whitened with the full-train whiteners (they are not re-fitted per split).
     With ``reference_layers`` (``[n_transforms * N, C]``, transform-major: row ``t * N + i`` is train
     row ``i`` under transform ``t``) B is searched under every transform, exactly as a query is.
+    With ``turned`` (query-side matching: features of a fixed sample of train rows under each transform's
+    inverse, whitened) only the sampled rows of A are queries, each seen under every transform against
+    B's untransformed rows, exactly as a query is on that side.
+    A split's queries are at most ``max_queries`` rows of A (a random subset: A is a random half), so the
+    cost grows with N, not N^2; the null's moments then carry a sampling error of about sigma0 /
+    sqrt(n_splits * max_queries), under 1 % of sigma0 at the defaults.
     """
     n = len(train_layers[0])
     if n < 4:
@@ -116,10 +144,26 @@ def null_similarities(train_layers: Sequence[np.ndarray], n_splits: int = 10, se
     values = []
     for _ in range(n_splits):
         perm = rng.permutation(n)
-        a, b = perm[:half], perm[half:2 * half]
-        rows = (b[None, :] + n * np.arange(n_transforms)[:, None]).ravel()
-        values.append(aggregate([nearest(z[a], r[rows])[0] for z, r in zip(train_layers, reference_layers)]))
+        a, b = perm[:min(half, max_queries)], perm[half:2 * half]
+        if turned is None:
+            rows = (b[None, :] + n * np.arange(n_transforms)[:, None]).ravel()
+            values.append(aggregate([nearest(z[a], r[rows])[0] for z, r in zip(train_layers, reference_layers)]))
+            continue
+        in_a = np.isin(turned.rows, a)
+        if not in_a.any():
+            continue
+        values.append(aggregate([nearest_over_views([z[turned.rows[in_a]]] + [v[k][in_a] for v in turned.views], z[b])[0]
+                                 for k, z in enumerate(train_layers)]))
     return np.concatenate(values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Turned:
+    """Query-side matching's extra views of some rows: ``views[t - 1][k]`` is layer ``k`` of rows ``rows``
+    under the inverse of transform ``t`` (``t`` = 1..T-1; transform 0, the identity, is the rows themselves)."""
+
+    rows: np.ndarray
+    views: list[list[np.ndarray]]
 
 
 def null_moments(values: np.ndarray) -> tuple[float, float]:
@@ -196,10 +240,19 @@ def bonferroni_pair(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
 class MemorizationIndex:
     """scikit-learn style: ``fit`` on the train features, ``score`` the candidate's.
 
-    ``reference_layers`` (optional) hold the train features under ``n_transforms`` transforms,
-    transform-major (transform 0 must be the identity); queries and the null are matched against all
-    of them. ``calibration_layers`` (optional) are features of real images the generator never saw:
-    their similarities to the reference form the calibration null instead of the train halves.
+    Matching under ``n_transforms`` transforms (transform 0 the identity) is done on one of two sides:
+
+    - the reference side: ``reference_layers`` hold the train features under every transform,
+      transform-major, and a query is searched once against all of them;
+    - the query side (``turned`` given to :meth:`score`): the reference is the train features alone and a
+      query is searched once per transform, seen under that transform's inverse. A train set of N images
+      then costs N extractions instead of ``n_transforms * N``; each query costs ``n_transforms``.
+
+    Both find an exact transformed copy at similarity 1 under the same transform. Elsewhere they agree only
+    for an extractor whose features turn with the image (a network is not), so the side is part of what
+    produced a result: it is recorded, and the null is always matched on the same side as the queries.
+    ``calibration_layers`` (optional) are features of real images the generator never saw: their
+    similarities to the reference form the calibration null instead of the train halves.
     """
 
     covariance: Covariance = "ledoit_wolf"
@@ -207,26 +260,43 @@ class MemorizationIndex:
     seed: int = 1234
     #: continue p-values beyond the null's largest value down a fitted tail (False: conformal only)
     tail: bool = True
+    #: reference rows per layer up to which the search is exact (gate_plugins.toolkit.search)
+    exact_limit: int | None = None
 
     def fit(self, train_layers: Sequence[np.ndarray], reference_layers: Sequence[np.ndarray] | None = None,
             n_transforms: int = 1, calibration_layers: Sequence[np.ndarray] | None = None,
-            nuisance_layers: Sequence[np.ndarray] | None = None) -> "MemorizationIndex":
+            nuisance_layers: Sequence[np.ndarray] | None = None, *, calibration_turned: Turned | None = None,
+            null_turned: Turned | None = None, searchers: Sequence | None = None) -> "MemorizationIndex":
+        """Query-side matching: ``n_transforms > 1`` without ``reference_layers``; ``null_turned`` (a sample
+        of train rows' views) and, with a calibration set, ``calibration_turned`` are then required.
+        ``searchers``: fitted indexes over the whitened reference rows (from a cache), else built here."""
         self.n_train_ = len(train_layers[0])
         self.n_transforms_ = n_transforms
+        self.side_ = "query" if n_transforms > 1 and reference_layers is None else "reference"
         nuisance_layers = nuisance_layers or [None] * len(train_layers)
         self.whiteners_ = [fit_whitener(f, self.covariance, d) for f, d in zip(train_layers, nuisance_layers)]
         self.train_ = [whiten(f, w) for f, w in zip(train_layers, self.whiteners_)]
-        if reference_layers is None:
-            if n_transforms != 1:
-                raise ValueError("n_transforms > 1 needs reference_layers")
+        if self.side_ == "query":
+            if null_turned is None or (calibration_layers is not None and calibration_turned is None):
+                raise ValueError("query-side matching (n_transforms > 1 without reference_layers) needs the turned "
+                                 "views of the null's queries")
+            self.reference_ = self.train_
+        elif reference_layers is None:
             self.reference_ = self.train_
         else:
             self.reference_ = [whiten(f, w) for f, w in zip(reference_layers, self.whiteners_)]
             if any(len(r) != n_transforms * self.n_train_ for r in self.reference_):
                 raise ValueError("reference_layers must hold n_transforms * n_train rows per layer")
-        self.paper_null_ = null_similarities(self.train_, self.n_splits, self.seed, self.reference_, n_transforms)
+        from gate_plugins.toolkit.search import EXACT_LIMIT, NeighbourIndex
+
+        limit = EXACT_LIMIT if self.exact_limit is None else self.exact_limit
+        self.searchers_ = list(searchers) if searchers is not None else \
+            [NeighbourIndex(exact_limit=limit).fit(r) for r in self.reference_]
+        self.paper_null_ = null_similarities(self.train_, self.n_splits, self.seed, self.reference_,
+                                             1 if self.side_ == "query" else n_transforms,
+                                             self._whitened(null_turned))
         if calibration_layers is not None:
-            self.null_ = self._similarities(calibration_layers)[0]
+            self.null_ = self._similarities(calibration_layers, calibration_turned)[0]
             self.calibration_ = "holdout"
         else:
             self.null_ = self.paper_null_
@@ -240,16 +310,30 @@ class MemorizationIndex:
         similarities, the scale on which a correlation's law is unbounded and near-symmetric."""
         return tail_p_values(fisher_z(s), fisher_z(self.null_), self.tail_)
 
-    def _similarities(self, query_layers):
+    def _whitened(self, turned: Turned | None) -> Turned | None:
+        if turned is None:
+            return None
+        if len(turned.views) != self.n_transforms_ - 1:
+            raise ValueError(f"{len(turned.views)} turned views for {self.n_transforms_} transforms")
+        return Turned(np.asarray(turned.rows), [[whiten(f, w) for f, w in zip(view, self.whiteners_)]
+                                                for view in turned.views])
+
+    def _similarities(self, query_layers, turned: Turned | None = None):
         if len(query_layers) != len(self.whiteners_):
             raise ValueError(f"fitted on {len(self.whiteners_)} layers, scoring {len(query_layers)}")
-        found = [nearest(whiten(q, w), r) for q, w, r in zip(query_layers, self.whiteners_, self.reference_)]
+        if (turned is not None) != (self.side_ == "query"):
+            raise ValueError(f"matching is on the {self.side_} side: turned views are "
+                             + ("needed" if self.side_ == "query" else "not used"))
+        turned = self._whitened(turned)
+        found = [nearest_over_views([whiten(q, w)] + ([v[k] for v in turned.views] if turned else []), r)
+                 for k, (q, w, r) in enumerate(zip(query_layers, self.whiteners_, self.searchers_))]
         per_layer = np.stack([f[0] for f in found])
         rows = np.stack([f[1] for f in found])
         return aggregate(list(per_layer)), per_layer, rows
 
-    def score(self, query_layers: Sequence[np.ndarray]) -> Scores:
-        s, per_layer, rows = self._similarities(query_layers)
+    def score(self, query_layers: Sequence[np.ndarray], turned: Turned | None = None) -> Scores:
+        """``turned`` (query side only): the queries' views under each transform's inverse."""
+        s, per_layer, rows = self._similarities(query_layers, turned)
         nn, transform = rows % self.n_train_, rows // self.n_train_
         mi, oni = mi_oni(s, self.mu0_, self.sigma0_)
         return Scores(similarity=s, per_layer=per_layer, nn_index=nn, nn_transform=transform,

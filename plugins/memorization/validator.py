@@ -45,6 +45,14 @@ class MemorizationParams(BaseModel):
     nuisance_copies: int = Field(
         2, ge=0, le=10, description="misaligned copies (shift, zoom, elastic) per train image whose feature "
                                     "changes the whitening learns to ignore; 0 is the paper's whitening")
+    match_side: Literal["auto", "reference", "query"] = Field(
+        "auto", description="where the invariance transforms are applied: to every train image (reference) or to "
+                            "each query, i.e. candidates, holdout and planted copies, searched against the train "
+                            "images as they are (query); auto: the side that extracts fewer images. Recorded: the "
+                            "two sides agree on copies but not exactly elsewhere")
+    nuisance_images: int = Field(
+        512, ge=2, le=100_000, description="train images (a seeded sample when there are more) whose misaligned "
+                                           "copies estimate the nuisance covariance")
     covariance: Literal["ledoit_wolf", "empirical"] = Field(
         "ledoit_wolf", description="covariance behind the ZCA whitening; 'empirical' is the paper's")
     calibration: Literal["auto", "holdout", "train_halves"] = Field(
@@ -183,12 +191,14 @@ class MemorizationValidator:
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma, str(device))
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
                             context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies,
-                            params.tail, params.verify_k, verify_contrast=params.verify_contrast)
+                            params.tail, params.verify_k, verify_contrast=params.verify_contrast,
+                            match_side=params.match_side, nuisance_images=params.nuisance_images)
         groups = subjects_of(holdout.ids, params.subject_pattern) if use_holdout else None
+        n_queries = len(cand) + (params.self_check_copies if params.self_check else 0)
         tick = context.progress(f"memorization: {extractor.name} reference",
-                                detector.fit_work(len(train), len(holdout) if use_holdout else 0))
+                                detector.fit_work(len(train), len(holdout) if use_holdout else 0, n_queries))
         detector.fit(train.images, digest=train_digest, calibration=holdout.images if use_holdout else None,
-                     calibration_groups=groups, progress=tick)
+                     calibration_groups=groups, progress=tick, n_queries=n_queries)
         cand_layers = detector.features(cand.images, context.progress("memorization: candidates", len(cand)))
         index = detector.index_
         scores = detector.score(cand.images, layers=cand_layers, verify_progress=context.progress(
@@ -281,6 +291,8 @@ class MemorizationValidator:
                 "extractor_weights_sha256": extractor.weights_sha256(),
                 "prefilter_sigma": params.prefilter_sigma,
                 "transforms": detector.transforms,
+                "match_side": detector.side_,
+                "nuisance_images": int(len(detector.nuisance_sources(len(train)))) if params.nuisance_copies else 0,
                 "reference_cache_hit": detector.cache_hit_, "reference_cache": detector.cache_status_,
             },
             diagnostics={
