@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import importlib.metadata
 import json
 import math
@@ -96,6 +97,16 @@ OutOpt = typer.Option(Path("gate-report"), "--out", "-o", help="folder for the r
 TrainOpt = typer.Option(None, "--train", help="override the policy's data.train folder")
 HoldoutOpt = typer.Option(None, "--holdout", help="override the policy's data.holdout folder")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars (for CI)")
+
+
+class EngineName(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = typer.Option(None, "--engine", case_sensitive=False,
+                         help="where features are extracted: local, or ray (the cluster RAY_ADDRESS names, else one "
+                              "started here); default: the policy's spec.compute.engine")
 JsonOpt = typer.Option(False, "--json", help="print the verdict, metrics, rules and report paths as JSON on stdout "
                                             "(nothing else; errors stay on stderr)")
 SigningKeyOpt = typer.Option(None, "--signing-key", envvar="GATE_SIGNING_KEY",
@@ -206,7 +217,7 @@ def _run(req, quiet: bool, as_json: bool = False) -> None:
 def validate(policy: Path = PolicyOpt, model: Optional[str] = ModelOpt, samples: Optional[Path] = SamplesOpt,
              tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt, train: Optional[Path] = TrainOpt,
              holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt,
-             signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt,
+             signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt, engine: Optional[EngineName] = EngineOpt,
              against: Optional[str] = typer.Option(None, "--against", help="with --model: put the comparison with "
                                                    "this version's last passing validation in the report "
                                                    "(@ALIAS or a version number)")) -> None:
@@ -216,7 +227,7 @@ def validate(policy: Path = PolicyOpt, model: Optional[str] = ModelOpt, samples:
     if against and not model:
         fail(InputError("--against needs --model: a folder of samples has no registry version to compare"))
     _run(Request(policy, out_dir, model, samples, tracking_uri, train, holdout, signing_key=signing_key,
-                 against=_against(against)), quiet, as_json)
+                 against=_against(against), engine=engine.value if engine else None), quiet, as_json)
 
 
 @app.command()
@@ -224,7 +235,7 @@ def promote(model: str = typer.Option(..., "--model", help="models:/NAME/VERSION
             alias: str = typer.Option("champion", "--alias", help="alias to set on a pass"),
             policy: Path = PolicyOpt, tracking_uri: Optional[str] = TrackingOpt, out_dir: Path = OutOpt,
             train: Optional[Path] = TrainOpt, holdout: Optional[Path] = HoldoutOpt, quiet: bool = QuietOpt,
-            signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt,
+            signing_key: Optional[Path] = SigningKeyOpt, as_json: bool = JsonOpt, engine: Optional[EngineName] = EngineOpt,
             allow_regression: bool = typer.Option(False, "--allow-regression",
                                                   help="promote even when the version holding the alias scores "
                                                        "better on a block rule (the comparison is still recorded)"),
@@ -236,7 +247,8 @@ def promote(model: str = typer.Option(..., "--model", help="models:/NAME/VERSION
     from gate.workflow import Request
 
     _run(Request(policy, out_dir, model, None, tracking_uri, train, holdout, promote_alias=alias,
-                 signing_key=signing_key, allow_regression=allow_regression, against=_against(against)),
+                 signing_key=signing_key, allow_regression=allow_regression, against=_against(against),
+                 engine=engine.value if engine else None),
          quiet, as_json)
 
 

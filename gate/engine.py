@@ -108,7 +108,7 @@ def _manifest(s: ImageSet, folder: Path | None) -> DataManifest:
 def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dict | None = None,
         samples_dir: Path | None = None, candidate_folder: Path | None = None, mlflow_run_id: str | None = None,
         tracking_uri: str | None = None, progress: ProgressFactory = _silent, isolation: str | None = None,
-        data_overrides: dict[str, str] | None = None) -> Outcome:
+        data_overrides: dict[str, str] | None = None, engine: str | None = None) -> Outcome:
     started = now()
     check_same_size(inputs.train, candidate)
     spec = inputs.policy.model.spec
@@ -126,7 +126,8 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
         validator = loaded.cls()
         context = CheckContext(candidate=candidate, train=inputs.train, holdout=inputs.holdout, seed=spec.candidate.seed,
                                batch_size=spec.candidate.batch_size, cache_dir=cache_dir, progress=progress,
-                               device=spec.compute.device)
+                               device=spec.compute.device, engine=engine or spec.compute.engine,
+                               workers=spec.compute.workers)
         t0 = time.perf_counter()
         result = CheckResult(id=check.id, validator=check.validator, status="ok",
                              params=check.params.model_dump(mode="json"))

@@ -152,6 +152,12 @@ class ComputeSpec(Strict):
                         description="where the checks' networks run (feature extractors, segmentation back ends): "
                                     "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N; a CUDA "
                                     "device that is not there is refused before anything runs")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="where features are extracted and the reference searched: local (this process) or "
+                             "ray (Ray Data actors on the cluster RAY_ADDRESS names, else one started here; needs "
+                             "the gate-mri[ray] extra); --engine overrides it")
+    workers: int = Field(2, ge=1, le=1024, description="engine: ray: extractor actors (each with a GPU when the "
+                                                       "cluster has them) and search shards")
 
 
 class ReportSpec(Strict):

@@ -71,6 +71,7 @@ class Plan:
     candidate_labelled: bool
     candidate_shape: tuple[int, ...] | None = None  # None: drawn from a generator, held to the train's
     device: str = "auto"  # spec.compute.device, for a validator to say before anything runs that it is not there
+    engine: str = "local"  # spec.compute.engine (or --engine), likewise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,9 @@ class CheckContext:
     progress: Callable[[str, int], Callable[[int], None]] = lambda _desc, _total: (lambda _n: None)
     #: spec.compute.device: "auto", "cpu", "cuda" or "cuda:N" (a plugin resolves it with its own stack)
     device: str = "auto"
+    #: spec.compute.engine (or --engine): "local" or "ray", and the Ray engine's actors
+    engine: str = "local"
+    workers: int = 2
 
 
 @dataclasses.dataclass

@@ -40,6 +40,8 @@ class Request:
     #: compare with this version's last passing validation: an alias (``@champion``) or a version number;
     #: None: the alias being promoted to, when one is held
     against: str | None = None
+    #: --engine: "local" or "ray" instead of the policy's spec.compute.engine
+    engine: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +119,7 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         ref = resolve_model(req.model, tracking_uri)
         preflight(inputs, Plan(inputs.train, inputs.holdout, spec.candidate.n_samples,
                                candidate_labelled=generator_mode(spec.candidate.mode, ref) in ("conditional", "paired"),
-                               device=spec.compute.device))
+                               device=spec.compute.device, engine=req.engine or spec.compute.engine))
         hidden = [Path(req.out), *([req.signing_key] if req.signing_key else [])]
         candidate, model_info = draw_candidate(ref, tracking_uri, inputs, isolation, progress, hidden)
         if isolation != BUBBLEWRAP:  # it could read the cache's key: nothing it may have written is trusted
@@ -128,13 +130,14 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
         candidate = read_candidate_folder(inputs, req.samples)
         check_same_size(inputs.train, candidate)  # the core's own line, before any check's
         preflight(inputs, Plan(inputs.train, inputs.holdout, len(candidate), candidate.labels is not None,
-                               candidate.shape, device=spec.compute.device))
+                               candidate.shape, device=spec.compute.device,
+                               engine=req.engine or spec.compute.engine))
 
     run_id = recording.start_validation_run(ref, tracking_uri, inputs.policy.model.metadata.name) if ref else None
     try:
         outcome = run(inputs, candidate, cache_dir=CACHE_DIR, model_info=model_info, samples_dir=req.samples,
                       candidate_folder=req.samples, mlflow_run_id=run_id, tracking_uri=tracking_uri,
-                      progress=progress, isolation=isolation, data_overrides=overrides)
+                      progress=progress, isolation=isolation, data_overrides=overrides, engine=req.engine)
         baseline = _baseline(req, inputs, ref, tracking_uri) if ref else None
         if baseline is not None:  # in the report itself, so that the board reads what the promotion weighed
             outcome.report.comparison = compare(outcome.report, baseline.metrics, baseline.label,

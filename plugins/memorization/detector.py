@@ -34,6 +34,28 @@ class _Transformed:
         return apply(self.images[sl], self.fn)
 
 
+class _Views:
+    """The images under several transforms, view-major (all images under the first, then the second...),
+    materialised one batch at a time: one extraction job for every view."""
+
+    def __init__(self, images: np.ndarray, fns: list):
+        self.images, self.fns = images, fns
+
+    def __len__(self) -> int:
+        return len(self.images) * len(self.fns)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        n = len(self.images)
+        start, stop, _ = sl.indices(len(self))
+        parts = []
+        while start < stop:
+            v, i = divmod(start, n)
+            end = min(stop, (v + 1) * n)
+            parts.append(apply(self.images[i:i + end - start], self.fns[v]))
+            start = end
+        return np.concatenate(parts) if parts else self.images[:0]
+
+
 def inverse_transforms(invariance: Invariance) -> list[int]:
     """For each transform ``t`` of the set, the ``u`` with ``T_u(T_t(x)) == x`` (found on a probe image,
     so it holds for any transform set that is a group)."""
@@ -78,9 +100,6 @@ def _device_part(extractor) -> dict:
     return {} if kind == "cpu" else {"device": kind}
 
 
-def _search_index(rows: np.ndarray, exact_limit: int | None):
-    """Inner-product search over unit rows: exact up to ``exact_limit`` rows, beyond it re-ranked exactly."""
-    return NeighbourIndex(exact_limit=EXACT_LIMIT if exact_limit is None else exact_limit).fit(rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +140,8 @@ class Detector:
     #: reference rows up to which search is exact (None: gate_plugins.toolkit.search.EXACT_LIMIT); larger
     #: references get an inverted file whose candidates are re-ranked exactly, kept in the cache
     exact_limit: int | None = None
+    #: where features are extracted and the reference searched (gate_plugins.toolkit.engines; None: here)
+    engine: object | None = None
 
     @property
     def transforms(self) -> list[str]:
@@ -134,8 +155,9 @@ class Detector:
     def turned(self, images: np.ndarray, progress: Progress = lambda _n: None) -> list[list[np.ndarray]]:
         """The images' features under the inverse of each transform but the identity (query-side matching)."""
         transforms, inverse = transform_set(self.invariance), inverse_transforms(self.invariance)
-        return [self.features(_Transformed(images, transforms[inverse[t]][1]), progress)
-                for t in range(1, len(transforms))]
+        n = len(images)
+        feats = self.features(_Views(images, [transforms[inverse[t]][1] for t in range(1, len(transforms))]), progress)
+        return [[f[v * n:(v + 1) * n] for f in feats] for v in range(len(transforms) - 1)]
 
     def nuisance_sources(self, n_train: int) -> np.ndarray:
         """The train images whose misaligned copies are drawn, in draw order: every image when there are at
@@ -145,7 +167,7 @@ class Detector:
         return np.sort(np.random.default_rng(0).choice(n_train, self.nuisance_images, replace=False))
 
     def features(self, images: np.ndarray, progress: Progress = lambda _n: None) -> list[np.ndarray]:
-        feats = self.extractor.extract(images, self.batch_size, progress)
+        feats = (self.engine or self.extractor).extract(images, self.batch_size, progress)
         return [feats[k] for k in self.extractor.layers]
 
     def reference_features(self, train: np.ndarray, digest: str | None = None,
@@ -253,10 +275,12 @@ class Detector:
             null_turned = maths.Turned(rows, self.turned(train[rows], progress))
             if cal is not None:
                 cal_turned = maths.Turned(np.arange(n_cal), self.turned(calibration, progress))
-        search_key = self._search_key(train, digest) if self.cache_dir is not None else None
+        # an index is persisted only where it lives in this process (an engine's shards live on its cluster)
+        local = getattr(self.engine, "name", "local") == "local"
+        search_key = self._search_key(train, digest) if self.cache_dir is not None and local else None
         searchers = self._cached_searchers(search_key, len(reference[0])) if search_key is not None else None
         self.index_ = maths.MemorizationIndex(self.covariance, self.null_splits, self.null_seed, self.tail,
-                                              self.exact_limit).fit(
+                                              self.exact_limit, self._index).fit(
             train_layers, None if query_side else reference, len(self.transforms), cal,
             nuisance if self.nuisance_copies else None, calibration_turned=cal_turned, null_turned=null_turned,
             searchers=searchers)
@@ -271,7 +295,7 @@ class Detector:
         self.verified_null_ = self.verified_tail_ = None
         if self.verify_k and cal is not None:
             # built once: the holdout, the candidates and the planted copies all retrieve from it
-            self.reference_index_ = _search_index(self.reference_embedding(), self.exact_limit)
+            self.reference_index_ = self._index(self.reference_embedding())
             to_train = self.verify(calibration, cal, progress, cal_turned)
             self.verified_train_null_ = to_train.similarity
             to_holdout = None
@@ -287,12 +311,19 @@ class Detector:
                 # the holdout is a reference here: transformed on the reference side, as train is
                 views = [cal] if query_side else [cal] + [self.features(_Transformed(calibration, fn), progress)
                                                           for _, fn in transform_set(self.invariance)[1:]]
-                self.holdout_index_ = _search_index(np.concatenate([self.embed(v) for v in views]), self.exact_limit)
+                self.holdout_index_ = self._index(np.concatenate([self.embed(v) for v in views]))
                 to_holdout = self.verify_non_members(calibration, cal, progress, exclude_groups=groups,
                                                      turned=cal_turned).similarity
             self.verified_null_ = self.verification_statistic(to_train.similarity, to_holdout)
             self.verified_tail_ = maths.fit_tail(self.verified_null_) if self.tail else None
         return self
+
+    def _index(self, rows: np.ndarray):
+        """Inner-product search over unit rows: exact up to ``exact_limit`` rows, beyond it re-ranked exactly;
+        on the engine's cluster when it has one."""
+        if self.engine is not None and hasattr(self.engine, "index"):
+            return self.engine.index(rows, self.exact_limit)
+        return NeighbourIndex(exact_limit=EXACT_LIMIT if self.exact_limit is None else self.exact_limit).fit(rows)
 
     def fit_work(self, n_train: int, n_calibration: int, n_queries: int = 0) -> int:
         """The progress ticks :meth:`fit` reports: one per feature extraction or verified image."""

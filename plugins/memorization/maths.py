@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -262,6 +262,9 @@ class MemorizationIndex:
     tail: bool = True
     #: reference rows per layer up to which the search is exact (gate_plugins.toolkit.search)
     exact_limit: int | None = None
+    #: builds the search over a layer's reference rows (None: gate_plugins.toolkit.search.NeighbourIndex in this
+    #: process; an engine may shard it over a cluster)
+    index_factory: Callable[[np.ndarray], object] | None = None
 
     def fit(self, train_layers: Sequence[np.ndarray], reference_layers: Sequence[np.ndarray] | None = None,
             n_transforms: int = 1, calibration_layers: Sequence[np.ndarray] | None = None,
@@ -290,8 +293,8 @@ class MemorizationIndex:
         from gate_plugins.toolkit.search import EXACT_LIMIT, NeighbourIndex
 
         limit = EXACT_LIMIT if self.exact_limit is None else self.exact_limit
-        self.searchers_ = list(searchers) if searchers is not None else \
-            [NeighbourIndex(exact_limit=limit).fit(r) for r in self.reference_]
+        factory = self.index_factory or (lambda rows: NeighbourIndex(exact_limit=limit).fit(rows))
+        self.searchers_ = list(searchers) if searchers is not None else [factory(r) for r in self.reference_]
         self.paper_null_ = null_similarities(self.train_, self.n_splits, self.seed, self.reference_,
                                              1 if self.side_ == "query" else n_transforms,
                                              self._whitened(null_turned))

@@ -23,6 +23,7 @@ from gate_plugins.memorization.transforms import apply, transform_set
 from gate_plugins.toolkit import baselines
 from gate_plugins.toolkit.canvas import canvas_digest, on_square_canvas
 from gate_plugins.toolkit.device import describe, device_problem, resolve_device
+from gate_plugins.toolkit.engines import ExtractorSpec, build_engine, engine_problem
 from gate_plugins.memorization.volumes import copied_volumes
 
 
@@ -157,7 +158,7 @@ class MemorizationValidator:
     def preflight(self, plan: Plan, params: MemorizationParams) -> list[str]:
         """What the sizes, shapes and holdout names already rule out (before any feature is computed)."""
         train, holdout = plan.train, plan.holdout
-        problems = [p for p in [device_problem(plan.device)] if p]
+        problems = [p for p in [device_problem(plan.device), engine_problem(plan.engine)] if p]
         if len(train) < 4:
             problems.append(f"{train.name}: the memorization null needs at least 4 train images, got {len(train)}")
         if plan.candidate_shape is not None and tuple(plan.candidate_shape) != tuple(train.shape):
@@ -189,10 +190,13 @@ class MemorizationValidator:
 
         device = resolve_device(context.device)
         extractor = build_extractor(params.extractor, params.checkpoint, params.prefilter_sigma, str(device))
+        engine = build_engine(context.engine, extractor, ExtractorSpec(
+            params.extractor, str(params.checkpoint) if params.checkpoint else None, params.prefilter_sigma,
+            str(device)), context.workers)
         detector = Detector(extractor, params.invariance, params.covariance, params.null_splits, params.null_seed,
                             context.batch_size, context.cache_dir if params.cache else None, params.nuisance_copies,
                             params.tail, params.verify_k, verify_contrast=params.verify_contrast,
-                            match_side=params.match_side, nuisance_images=params.nuisance_images)
+                            match_side=params.match_side, nuisance_images=params.nuisance_images, engine=engine)
         groups = subjects_of(holdout.ids, params.subject_pattern) if use_holdout else None
         n_queries = len(cand) + (params.self_check_copies if params.self_check else 0)
         tick = context.progress(f"memorization: {extractor.name} reference",
@@ -292,6 +296,8 @@ class MemorizationValidator:
                 "prefilter_sigma": params.prefilter_sigma,
                 "transforms": detector.transforms,
                 "match_side": detector.side_,
+                "engine": engine.describe(),
+                "search": detector.index_.searchers_[0].describe(),
                 "nuisance_images": int(len(detector.nuisance_sources(len(train)))) if params.nuisance_copies else 0,
                 "reference_cache_hit": detector.cache_hit_, "reference_cache": detector.cache_status_,
             },
