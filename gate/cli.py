@@ -532,9 +532,14 @@ def _load_plugin_commands() -> None:
 def main() -> None:
     """The process's error boundary: bad input exit 2, refusals exit 1, a crash exit 3 with its
     traceback in a crash log, ^C exit 130."""
+    from gate import native_guard
     from gate.serve.validation_job import die_with_parent
 
-    die_with_parent()  # a no-op unless started by `gate serve`
+    die_with_parent()  # a no-op unless started by `gate serve` or by the native-crash guard below
+    supervised = native_guard.supervise(sys.argv[1:])
+    if supervised is not None:  # this process only watched the child that ran the command
+        sys.exit(supervised)
+    native_guard.arm_child()
     _quiet_env()
     _quiet_mlflow()
     _load_plugin_commands()
