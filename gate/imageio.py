@@ -47,10 +47,15 @@ class ReadLimits:
     max_volume_voxels: int = 2**28
     #: one file's array once decompressed and decoded, in bytes, as its header declares it
     max_decoded_bytes: int = 2**30
-    #: supported image files in one folder
-    max_files: int = 100_000
-    #: the decoded bytes of all of one folder's files together
-    max_set_bytes: int = 4 * 2**30
+    #: supported image files in one folder (or listed by one manifest)
+    max_files: int = 1_000_000
+    #: the decoded bytes of all of one folder's files together (past ``in_memory_bytes`` they are on disk)
+    max_set_bytes: int = 64 * 2**30
+    #: a set's images are held in memory up to this many bytes; a larger set is written, as it is read, to an
+    #: unlinked temporary file and mapped, so that reading a cohort holds one file in memory, not the set
+    in_memory_bytes: int = 2**30
+    #: one manifest file (a list of image paths, one per line)
+    max_manifest_bytes: int = 256 * 2**20
     #: where a NIfTI file's data may start (its header extensions sit before it, and are read whole)
     max_nifti_offset: int = 16 * 2**20
 
@@ -234,11 +239,73 @@ def pair_labels(image_names: list[str], folder: Path, name: str, limits: ReadLim
     return by_name
 
 
+class _Spill:
+    """Images appended one at a time, kept in memory up to ``limit`` bytes, past it written to an unlinked
+    temporary file (only this process can reach it; the system removes it when the process ends) that the
+    set then maps: memory follows one file, whatever the set's size."""
+
+    def __init__(self, limit: int):
+        self.limit, self.parts, self.n, self.bytes, self.file = limit, [], 0, 0, None
+
+    def append(self, img: np.ndarray) -> None:
+        img = np.ascontiguousarray(img, dtype=np.float32)
+        if self.file is None and self.bytes + img.nbytes > self.limit:
+            import tempfile
+
+            self.file = tempfile.TemporaryFile(prefix="gate-images-")
+            for part in self.parts:
+                self.file.write(part.tobytes())
+            self.parts = []
+        if self.file is not None:
+            self.file.write(img.tobytes())
+        else:
+            self.parts.append(img)
+        self.n, self.bytes = self.n + 1, self.bytes + img.nbytes
+
+    def array(self, shape: tuple[int, int]) -> np.ndarray:
+        if self.file is None:
+            return np.stack(self.parts)
+        self.file.flush()
+        # read-only: no check or plugin can change what was read
+        return np.memmap(self.file, dtype=np.float32, mode="r", shape=(self.n, *shape))
+
+
+def read_manifest(path: Path, name: str, limits: ReadLimits) -> list[Path]:
+    """The image files a manifest lists (one path per line; blank lines and ``#`` comments skipped; a
+    relative path is relative to the manifest's folder), for a set spread over storage. Each must be a
+    file of a supported suffix; the first that is not is an error naming its line."""
+    if path.stat().st_size > limits.max_manifest_bytes:
+        raise LimitExceeded(f"{one_line(path)}: {name} manifest is larger than {limits.max_manifest_bytes} bytes, "
+                            "the limit")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{one_line(path)}: {name} manifest is not UTF-8 text (one image path per line)") from None
+    files = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        file = Path(line) if Path(line).is_absolute() else path.parent / line
+        if not file.is_file() or _suffix(file) not in SUFFIXES:
+            why = "is not a file" if not file.is_file() else f"is not a supported image ({', '.join(SUFFIXES)})"
+            raise InputError(f"{one_line(path)}:{number}: {one_line(line, 200)} {why}")
+        files.append(file)
+        if len(files) > limits.max_files:
+            raise LimitExceeded(f"{one_line(path)}: {name} manifest lists more than {limits.max_files} image "
+                                "files, the limit")
+    return files
+
+
 def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAULT_LIMITS) -> ImageSet:
     """All supported files directly in ``folder`` (sorted by name) as one checked image set; a folder
-    with ``images/`` (and ``labels/``) inside is read as a labelled set. ``limits`` bound every file and
-    the folder (a labelled set's images and labels each count as one set)."""
+    with ``images/`` (and ``labels/``) inside is read as a labelled set; a ``.txt`` file is a manifest
+    listing the files (:func:`read_manifest`, in its order). ``limits`` bound every file and the folder (a
+    labelled set's images and labels each count as one set). Files are read one at a time, with their
+    hashes; a set larger than ``limits.in_memory_bytes`` is mapped from disk (:class:`_Spill`)."""
     folder = Path(folder)
+    if folder.is_file() and folder.suffix == ".txt":
+        return _read_files(read_manifest(folder, name, limits), folder, name, limits)
     if not folder.is_dir():
         raise InputError(f"{one_line(folder)}: {name} folder does not exist")
     if (folder / "images").is_dir():
@@ -246,11 +313,15 @@ def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAUL
         if not (folder / "labels").is_dir():
             return images
         return _with_labels(images, folder / "labels", name, limits)
-    files = list_entries(folder, name, limits)
+    return _read_files(list_entries(folder, name, limits), folder, name, limits)
+
+
+def _read_files(files: list[Path], folder: Path, name: str, limits: ReadLimits) -> ImageSet:
     if not files:
         raise InputError(f"{one_line(folder)}: {name} folder holds no images ({', '.join(SUFFIXES)})")
     ids: list[str] = []
-    images: list[np.ndarray] = []
+    images = _Spill(limits.in_memory_bytes)
+    first: tuple[int, ...] | None = None
     manifest: list[ManifestEntry] = []
     spent = 0
     for path in files:
@@ -266,17 +337,15 @@ def read_image_folder(folder: Path | str, name: str, limits: ReadLimits = DEFAUL
                              f"got shape {arr.shape}")
         for (sid, img), label in zip(slices, labels):
             check_image(img, label)
+            first = img.shape if first is None else first
+            if img.shape != first:
+                raise InputError(f"{one_line(path.parent / sid)}: shape {img.shape} differs from "
+                                 f"{one_line(ids[0])} {first}; "
+                                 f"all {name} images must have one size")
             ids.append(sid)
             images.append(img)
         manifest.append(ManifestEntry(str(path), sha256_file(path)))
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        first = images[0].shape
-        odd = next(i for i, im in enumerate(images) if im.shape != first)
-        raise InputError(f"{one_line(folder / ids[odd])}: shape {images[odd].shape} differs from "
-                         f"{one_line(ids[0])} {first}; "
-                         f"all {name} images must have one size")
-    return ImageSet(name=name, ids=tuple(ids), images=np.stack(images), manifest=tuple(manifest))
+    return ImageSet(name=name, ids=tuple(ids), images=images.array(first), manifest=tuple(manifest))
 
 
 def read_folder(folder: Path | str, name: str, preprocess: Any = None, grid: tuple[int, int] | None = None,

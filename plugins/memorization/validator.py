@@ -180,7 +180,8 @@ class MemorizationValidator:
         if problems:
             raise InputError("; ".join(problems))
         for label, imgs in (("train", train.images), ("candidate", cand.images)):
-            if not np.isfinite(imgs).all():
+            # a batch at a time: a cohort's set may be mapped from disk, and a whole-set mask is 1 byte a pixel
+            if not all(np.isfinite(imgs[s:s + 4096]).all() for s in range(0, len(imgs), 4096)):
                 raise InputError(f"{label} images contain non-finite values")
         use_holdout = _uses_holdout(params, holdout)
         train_digest = train.manifest_sha256()
