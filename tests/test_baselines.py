@@ -96,3 +96,15 @@ def test_kernel_statistics_use_every_row_up_to_the_cap_and_a_seeded_subset_above
     whole = baselines._unbiased_mmd2(*(((x @ y.T) / 8 + 1) ** 3 for x, y in ((big, big), (b + 1, b + 1),
                                                                              (big, b + 1))))
     assert baselines.kid(big, b + 1) == pytest.approx(whole, rel=0.15)
+
+
+def test_prdc_radii_are_blocked_and_equal_the_full_matrix():
+    """Without a holdout PRDC's reference is the train set: its k-th neighbour radii are computed a block of rows
+    at a time (memory linear in N), with the full matrix's answers for any block size."""
+    from gate_plugins.quality.distribution import _kth_radius
+    from gate_plugins.toolkit.baselines import sq_dists
+
+    x = np.random.default_rng(4).standard_normal((301, 12))
+    full = np.sqrt(np.sort(sq_dists(x, x), axis=1)[:, 5])
+    for block_bytes in (8 * 301, 8 * 301 * 7, 1 << 30):
+        np.testing.assert_allclose(_kth_radius(x, 5, block_bytes), full)

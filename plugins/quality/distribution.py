@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from gate_plugins.toolkit.baselines import frechet_distance, kid, mmd_rbf, sq_dists
+from gate_plugins.toolkit.baselines import BLOCK_BYTES, frechet_distance, kid, mmd_rbf, sq_dists
 
 
-def _kth_radius(x: np.ndarray, k: int) -> np.ndarray:
-    return np.sqrt(np.sort(sq_dists(x, x), axis=1)[:, min(k, len(x) - 1)])  # column 0 is the point itself
+def _kth_radius(x: np.ndarray, k: int, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
+    """Each row's distance to its k-th nearest other row, a block of rows at a time: memory follows
+    ``len(x)``, never ``len(x)^2`` (a set without a holdout is the whole train set)."""
+    kth = min(k, len(x) - 1)  # column 0 of a sorted row is the point itself
+    block = max(1, block_bytes // (8 * max(len(x), 1)))
+    return np.concatenate([np.sqrt(np.partition(sq_dists(x[s:s + block], x), kth, axis=1)[:, kth])
+                           for s in range(0, len(x), block)])
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
