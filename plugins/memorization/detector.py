@@ -133,7 +133,7 @@ class Detector:
     #: queries (candidates, holdout, planted copies); auto: the one that extracts fewer images
     match_side: MatchSide = "auto"
     #: train images whose misaligned copies estimate the nuisance covariance: a fixed-size, seeded sample
-    #: (all of them when fewer), so the cost does not grow with the train set (see benchmarks/scale.py)
+    #: (all of them when fewer), so the cost does not grow with the train set (benchmarks/nuisance_convergence.py)
     nuisance_images: int = 512
     #: train rows whose transformed views make the paper's null on the query side (a fixed, seeded sample)
     null_sample: int = 256
@@ -229,11 +229,11 @@ class Detector:
         """The per-layer search indexes over the whitened reference rows: what the reference entry holds, and
         the whitening and the search settings."""
         return cache_key(kind="memorization-search", format=1, reference=self._reference_key(train, digest, self.side_),
-                         covariance=self.covariance, exact_limit=self.exact_limit or EXACT_LIMIT)
+                         covariance=self.covariance, exact_limit=self._exact_limit)
 
     def _cached_searchers(self, key: str, n_rows: int) -> list[NeighbourIndex] | None:
         """The persisted indexes when the reference is above the exact limit and the cache holds them whole."""
-        if n_rows <= (self.exact_limit or EXACT_LIMIT):
+        if n_rows <= self._exact_limit:
             return None
         hit = FeatureCache(self.cache_dir).load(key).arrays
         n_layers = len(self.extractor.layers)
@@ -318,12 +318,16 @@ class Detector:
             self.verified_tail_ = maths.fit_tail(self.verified_null_) if self.tail else None
         return self
 
+    @property
+    def _exact_limit(self) -> int:
+        return EXACT_LIMIT if self.exact_limit is None else self.exact_limit
+
     def _index(self, rows: np.ndarray):
         """Inner-product search over unit rows: exact up to ``exact_limit`` rows, beyond it re-ranked exactly;
         on the engine's cluster when it has one."""
         if self.engine is not None and hasattr(self.engine, "index"):
             return self.engine.index(rows, self.exact_limit)
-        return NeighbourIndex(exact_limit=EXACT_LIMIT if self.exact_limit is None else self.exact_limit).fit(rows)
+        return NeighbourIndex(exact_limit=self._exact_limit).fit(rows)
 
     def fit_work(self, n_train: int, n_calibration: int, n_queries: int = 0) -> int:
         """The progress ticks :meth:`fit` reports: one per feature extraction or verified image."""
