@@ -64,3 +64,14 @@ def test_a_large_reference_is_searched_approximately_and_its_index_is_cached(mri
         s = det.score(flipped)
         np.testing.assert_allclose(s.similarity, exact.similarity, atol=1e-5)
         assert s.nn_index[0].tolist() == list(range(6))
+
+
+def test_the_index_round_trips_after_another_swig_library_is_loaded(data):
+    """SimpleITK (loaded by the MRI plugins) registers SWIG's std::vector<uint8> proxy first, which broke
+    faiss.serialize_index; the index must still persist whatever was imported before it."""
+    import SimpleITK  # noqa: F401
+
+    rows, queries, _ = data
+    index = NeighbourIndex(exact_limit=1000).fit(rows[:5000])
+    again = NeighbourIndex.from_bytes(index.to_bytes(), index.describe())
+    np.testing.assert_array_equal(again.search(queries, 2)[1], index.search(queries, 2)[1])

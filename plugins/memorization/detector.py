@@ -19,6 +19,8 @@ from gate_plugins.memorization.transforms import Invariance, apply, misalign, tr
 from gate_plugins.memorization.verification import VerifySettings, verify_pairs
 
 Progress = Callable[[int], None]
+#: reference rows per feature shard (16,384 rows of the default extractor's 472 features: 62 MiB)
+SHARD_ROWS = 16384
 
 
 class _Transformed:
@@ -32,6 +34,20 @@ class _Transformed:
 
     def __getitem__(self, sl: slice) -> np.ndarray:
         return apply(self.images[sl], self.fn)
+
+
+class _Rows:
+    """Rows ``start:stop`` of an image array or lazy view, still lazy: a shard is never materialised whole."""
+
+    def __init__(self, images, start: int, stop: int):
+        self.images, self.start, self.stop = images, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        a, b, _ = sl.indices(len(self))
+        return self.images[self.start + a:self.start + b]
 
 
 class _Views:
@@ -142,6 +158,9 @@ class Detector:
     exact_limit: int | None = None
     #: where features are extracted and the reference searched (gate_plugins.toolkit.engines; None: here)
     engine: object | None = None
+    #: reference rows per shard: a larger reference's features are stored in the cache a shard at a time as
+    #: they are computed, so that a fit that is killed resumes from the shards written
+    shard_rows: int = SHARD_ROWS
 
     @property
     def transforms(self) -> list[str]:
@@ -187,17 +206,59 @@ class Detector:
             if hit is not None:
                 progress(len(train) * len(transforms) + len(src))
                 return hit[0], hit[1], True
-        parts = [self.features(_Transformed(train, fn), progress) for _, fn in transforms]
-        reference = [np.concatenate([p[k] for p in parts]) for k in range(n_layers)]
+        parts = [self._sharded_features(_Transformed(train, fn), key, t, progress)
+                 for t, (_, fn) in enumerate(transforms)]
+        reference = [np.concatenate([feats[k] for feats, _ in parts]) for k in range(n_layers)]
+        shards = [bounds for _, bounds in parts if bounds]
         nuisance = [np.zeros((0, r.shape[1])) for r in reference]
         if self.nuisance_copies:
             rng = np.random.default_rng(0)  # fixed: the same train set always gives the same whitening
             feats = self.features(_Misaligned(train, src, rng), progress)
             nuisance = [f - r[src] for f, r in zip(feats, reference)]  # rows 0..N-1 are the identity
         if key is not None:
-            FeatureCache(self.cache_dir).store(key, {**{f"ref_{k}": r for k, r in enumerate(reference)},
-                                               **{f"nuis_{k}": d for k, d in enumerate(nuisance)}})
+            # a sharded reference is held by its shards; the entry names them instead of holding a second copy
+            rows = {"ref_shards": np.asarray([b for bounds in shards for b in bounds], np.int64)} if shards else \
+                {f"ref_{k}": r for k, r in enumerate(reference)}
+            FeatureCache(self.cache_dir).store(key, {**rows, **{f"nuis_{k}": d for k, d in enumerate(nuisance)}})
         return reference, nuisance, False
+
+    def _shard_key(self, key: str, transform: int, start: int, stop: int) -> str:
+        return cache_key(kind="memorization-shard", format=1, entry=key, transform=transform, rows=[start, stop])
+
+    def _sharded_features(self, images, key: str | None, transform: int, progress: Progress
+                          ) -> tuple[list[np.ndarray], list[tuple[int, int, int]]]:
+        """The features of ``images`` (the train set under transform number ``transform``), and the
+        (transform, start, stop) of the shards they were stored in: none when the set fits one shard or
+        nothing is cached. A shard already in the cache, whole and authentic, is read instead of extracted,
+        so a fit killed part-way resumes where it stopped. Shards start at multiples of ``shard_rows``, so
+        the extractor sees the same batches as in one pass (the same features to the bit)."""
+        n = len(images)
+        if key is None or n <= self.shard_rows:
+            return self.features(images, progress), []
+        cache = FeatureCache(self.cache_dir)
+        bounds = [(transform, a, min(n, a + self.shard_rows)) for a in range(0, n, self.shard_rows)]
+        out: list[np.ndarray] = []
+        for _, start, stop in bounds:
+            shard_key = self._shard_key(key, transform, start, stop)
+            feats = self._load_shard(cache, shard_key, stop - start)
+            if feats is None:
+                feats = self.features(_Rows(images, start, stop), progress)
+                cache.store(shard_key, {f"layer_{k}": f for k, f in enumerate(feats)})
+            else:
+                progress(stop - start)
+            if not out:  # one array per layer, filled shard by shard: no second copy while concatenating
+                out = [np.empty((n, f.shape[1]), f.dtype) for f in feats]
+            for o, f in zip(out, feats):
+                o[start:stop] = f
+        return out, bounds
+
+    def _load_shard(self, cache: FeatureCache, shard_key: str, rows: int) -> list[np.ndarray] | None:
+        """A shard's features per layer, or None when it is missing, forged or not ``rows`` long."""
+        hit = cache.load(shard_key).arrays
+        n_layers = len(self.extractor.layers)
+        if hit is None or not all(f"layer_{k}" in hit and len(hit[f"layer_{k}"]) == rows for k in range(n_layers)):
+            return None
+        return [hit[f"layer_{k}"] for k in range(n_layers)]
 
     def cached_reference_features(self, train: np.ndarray, digest: str | None = None) -> list[np.ndarray] | None:
         """The train features (transform-major, identity first, as :meth:`reference_features` on either side)
@@ -247,12 +308,29 @@ class Detector:
         n_layers = len(self.extractor.layers)
         lookup = FeatureCache(self.cache_dir).load(key)
         hit = lookup.arrays
-        names = [f"ref_{k}" for k in range(n_layers)] + [f"nuis_{k}" for k in range(n_layers)]
-        if hit is not None and not all(k in hit for k in names):
-            return "tampered", None  # authentic but incomplete: recomputed like a forged one
         if hit is None:
             return lookup.status, None
-        return lookup.status, ([hit[f"ref_{k}"] for k in range(n_layers)], [hit[f"nuis_{k}"] for k in range(n_layers)])
+        nuisance = [hit.get(f"nuis_{k}") for k in range(n_layers)]
+        reference = [hit.get(f"ref_{k}") for k in range(n_layers)]
+        if "ref_shards" in hit:
+            reference = self._read_shards(key, hit["ref_shards"])
+        if reference is None or any(x is None for x in reference + nuisance):
+            return "tampered", None  # authentic but incomplete (or a shard lost): recomputed like a forged one
+        return lookup.status, (reference, nuisance)
+
+    def _read_shards(self, key: str, bounds: np.ndarray) -> list[np.ndarray] | None:
+        """A sharded reference read back (transform-major, as extracted), or None when a shard is missing,
+        forged or not the size its entry names."""
+        cache, parts = FeatureCache(self.cache_dir), []
+        for transform, start, stop in np.asarray(bounds, np.int64).reshape(-1, 3):
+            feats = self._load_shard(cache, self._shard_key(key, int(transform), int(start), int(stop)),
+                                     int(stop - start))
+            if feats is None:
+                return None
+            parts.append(feats)
+        if not parts:
+            return None
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
     def fit(self, train: np.ndarray, *, digest: str | None = None, calibration: np.ndarray | None = None,
             calibration_groups: Sequence[object] | None = None, progress: Progress = lambda _n: None,

@@ -12,6 +12,7 @@ from ``benchmarks/search_scale.py`` (README, "Search at scale").
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 
 import numpy as np
@@ -110,14 +111,18 @@ class NeighbourIndex:
         """The fitted index as bytes (for the authenticated feature cache: faiss reads only what gate wrote)."""
         import faiss
 
-        return faiss.serialize_index(self.index_)
+        # through a Python callback, not faiss.serialize_index: its std::vector<uint8> proxy is SWIG's, and a
+        # SWIG library loaded earlier (SimpleITK) takes that type over, so the conversion fails after it
+        buf = io.BytesIO()
+        faiss.write_index(self.index_, faiss.PyCallbackIOWriter(buf.write))
+        return np.frombuffer(buf.getvalue(), np.uint8)
 
     @classmethod
     def from_bytes(cls, data: np.ndarray, meta: dict) -> "NeighbourIndex":
         import faiss
 
         out = cls(exact_limit=int(meta["exact_limit"]), k_factor=int(meta.get("k_factor") or K_FACTOR))
-        out.index_ = faiss.deserialize_index(np.asarray(data, dtype=np.uint8))
+        out.index_ = faiss.read_index(faiss.PyCallbackIOReader(io.BytesIO(np.asarray(data, np.uint8).tobytes()).read))
         out.kind_, out.n_rows_, out.nlist_, out.nprobe_ = meta["kind"], int(meta["rows"]), int(meta["nlist"]), \
             int(meta["nprobe"])
         out.dim_ = out.index_.d
