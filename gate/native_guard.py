@@ -65,8 +65,12 @@ def supervise(argv: list[str]) -> int | None:
         return code
     name = _signal_name(-code)
     if name in ("SIGINT", "SIGTERM"):
+        # stopped, not crashed: die of the same signal, as an unsupervised gate would, so that a caller that
+        # stopped it (the webhook service, a CI runner) reads the stop it asked for (a negative return code)
         log.unlink(missing_ok=True)
-        return int(ExitCode.INTERRUPTED)
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        return int(ExitCode.INTERRUPTED)  # reached only if the signal is blocked
     why = "it ran out of memory or was killed" if name == "SIGKILL" else "a native library crashed"
     where = f"the Python stack at the crash is in {log}" if log.exists() and log.stat().st_size else \
         "no Python stack was written"

@@ -139,8 +139,14 @@ BLOCKER = textwrap.dedent(f"""
 
 
 def _without_imaging_stack(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd=cwd, env=_clean_env())
+    """Run ``code`` where the imaging stack cannot be imported, in its process and in every Python process it
+    starts (``validate``, ``promote`` and ``demo`` run their checks in a child): the blocker is a
+    ``sitecustomize`` on ``PYTHONPATH``, which every interpreter imports at start-up."""
+    site = cwd.parent / f"{cwd.name}-blocked-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          cwd=cwd, env=_clean_env(PYTHONPATH=str(site)))
 
 
 def test_the_core_imports_and_runs_without_the_imaging_stack(tmp_path):
