@@ -200,7 +200,8 @@ def run(inputs: Inputs, candidate: ImageSet, *, cache_dir: Path, model_info: dic
     c = spec.candidate
     sampling = {"source": "folder", "folder": str(candidate_folder)} if model_info is None else \
         {"source": "registry", "mode": model_info.get("generator_mode"), "n_samples": c.n_samples, "seed": c.seed,
-         "batch_size": c.batch_size, "label_deformation_px": c.label_deformation_px, "isolation": isolation}
+         "batch_size": c.batch_size, "label_deformation_px": c.label_deformation_px, "isolation": isolation,
+         "device": model_info.get("sampler_device", "cpu")}
     report = Report(verdict=verdict, mode=spec.mode, blocking=enforce and verdict != "pass",
                     summary=_summary(verdict, results, spec.mode), checks=results, provenance=provenance,
                     gx_evidence="gx_validation.json" if evidence else None,

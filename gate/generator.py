@@ -12,6 +12,11 @@ Three modes (the policy's ``spec.candidate.mode`` says which one to expect):
   maps of the train set, never of the holdout.
 
 The same input must give the same output. Register a generator with :func:`log_generator`.
+
+Where to sample: gate passes ``params={"device": "cuda"}`` when the policy's ``spec.candidate.device`` gives
+the sampler a GPU (logged generators declare that parameter, default ``cpu``); the base classes set
+``self.device`` from it before each ``generate`` call, so a torch generator moves its network and tensors to
+``self.device``. Nothing is passed on the CPU, so a generator that ignores it is unchanged there.
 """
 
 from __future__ import annotations
@@ -35,13 +40,22 @@ from gate.imageset import ImageSet
 RANGE_TOLERANCE = 1e-4
 
 
+def asked_device(params: dict[str, Any] | None) -> str:
+    """The device a predict call's params ask for: ``cuda`` or ``cpu`` (the default)."""
+    return "cuda" if (params or {}).get("device") == "cuda" else "cpu"
+
+
 class ImageGenerator(mlflow.pyfunc.PythonModel):
     """Base class for generators following gate's contract."""
+
+    #: where ``generate`` should compute: set from the call's params before each call
+    device: str = "cpu"
 
     def generate(self, n: int, seed: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+        self.device = asked_device(params)
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
         out = [np.asarray(self.generate(int(r["n"]), int(r["seed"])), dtype=np.float32) for r in rows]
         return np.concatenate(out) if out else np.zeros((0, 1, 1), np.float32)
@@ -50,10 +64,13 @@ class ImageGenerator(mlflow.pyfunc.PythonModel):
 class PairedImageGenerator(mlflow.pyfunc.PythonModel):
     """Base class for generators that return each image with its label map."""
 
+    device: str = "cpu"
+
     def generate(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+        self.device = asked_device(params)
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
         out = []
         for r in rows:
@@ -65,10 +82,13 @@ class PairedImageGenerator(mlflow.pyfunc.PythonModel):
 class ConditionalImageGenerator(mlflow.pyfunc.PythonModel):
     """Base class for generators that render an image for each given label map."""
 
+    device: str = "cpu"
+
     def generate(self, labels: np.ndarray, seed: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def predict(self, context, model_input, params=None):  # a dict of arrays; MLflow rejects a `dict` hint
+        self.device = asked_device(params)
         labels = np.asarray(model_input["labels"])
         seed = int(np.asarray(model_input["seed"]).ravel()[0])
         return np.asarray(self.generate(labels, seed), dtype=np.float32)
@@ -101,7 +121,7 @@ def log_generator(
     Returns the :class:`mlflow.entities.model_registry.ModelVersion`.
     """
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     mode = generator_mode(generator)
@@ -111,7 +131,8 @@ def log_generator(
     else:
         inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed")])
     out_shape = (-1, 2, *example_shape) if mode == "paired" else (-1, *example_shape)
-    signature = ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape)]))
+    signature = ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape)]),
+                               params=ParamSchema([ParamSpec("device", "string", "cpu")]))
     tags = {**(tags or {}), "gate.generator_mode": mode}
     from gate.recording import validation_experiment_id
 
@@ -166,11 +187,13 @@ def _pickled_by_value(cls: type):
 
 
 def sample_generator(model, n: int, seed: int, batch_size: int, progress=lambda _n: None, *,
-                     mode: str = "unconditional", condition_labels: np.ndarray | None = None) -> ImageSet:
+                     mode: str = "unconditional", condition_labels: np.ndarray | None = None,
+                     device: str = "cpu") -> ImageSet:
     """Draw ``n`` samples *in this process* from a trusted generator object (tests, plugins' own
-    benchmarks) in batches of ``batch_size`` (batch ``b`` uses seed ``seed + b``) and check them. A
-    registry candidate is never sampled this way: :func:`gate.sandbox.sample_in_sandbox` runs it."""
-    plan = _plan(mode, n, seed, batch_size, condition_labels)
+    benchmarks) in batches of ``batch_size`` (batch ``b`` uses seed ``seed + b``) on ``device`` (cpu or
+    cuda) and check them. A registry candidate is never sampled this way:
+    :func:`gate.sandbox.sample_in_sandbox` runs it."""
+    plan = _plan(mode, n, seed, batch_size, condition_labels, device)
     raw = []
     for b, start, k in plan.spans():
         try:
@@ -184,19 +207,26 @@ def sample_generator(model, n: int, seed: int, batch_size: int, progress=lambda 
 
 def draw_batch(model, plan, b: int, start: int, k: int, condition_labels: np.ndarray | None = None) -> Any:
     """One call of the contract: batch ``b`` (``k`` samples, seed ``plan.seed + b``); a conditional
-    generator gets the ``k`` label maps from ``start``. The sandbox's sampler makes the same call."""
+    generator gets the ``k`` label maps from ``start``. The sandbox's sampler makes the same call. The
+    device goes as a param only off the CPU: on the CPU the call is what it always was."""
     if plan.mode == "conditional":
         given = np.ascontiguousarray(condition_labels[start:start + k], dtype=np.int64)
-        return model.predict({"labels": given, "seed": np.array([plan.seed + b], dtype=np.int64)})
-    return model.predict(pd.DataFrame({"n": [k], "seed": [plan.seed + b]}))
+        data = {"labels": given, "seed": np.array([plan.seed + b], dtype=np.int64)}
+    else:
+        data = pd.DataFrame({"n": [k], "seed": [plan.seed + b]})
+    if plan.device == "cpu":
+        return model.predict(data)
+    return model.predict(data, params={"device": plan.device})
 
 
-def _plan(mode: str, n: int, seed: int, batch_size: int, condition_labels: np.ndarray | None):
+def _plan(mode: str, n: int, seed: int, batch_size: int, condition_labels: np.ndarray | None, device: str = "cpu"):
     from gate.sandbox import SamplingPlan
 
     if mode == "conditional" and (condition_labels is None or len(condition_labels) != n):
         raise InputError("conditional sampling needs one label map per sample")
-    return SamplingPlan(mode, n, seed, batch_size)
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"sampling device {device[:40]!r}: cpu or cuda")
+    return SamplingPlan(mode, n, seed, batch_size, device)
 
 
 def assemble_samples(raw_batches: list[Any], plan, condition_labels: np.ndarray | None = None) -> ImageSet:

@@ -60,6 +60,11 @@ class CandidateSpec(Strict):
                                description="address-space limit of the sampling process, in MiB")
     max_output_mb: int = Field(2048, ge=1, le=1_048_576,
                                description="the most array data the generator may return, all batches together, MiB")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$",
+                        description="where the generator samples: auto (NVIDIA GPU 0 when there is one and gate's "
+                                    "torch can use it, else the CPU), cpu, cuda or cuda:N (/dev/nvidiaN); the sandbox "
+                                    "shows the generator that one GPU only and tells it params {device: cuda}; a GPU "
+                                    "that is not there is refused before anything runs")
 
 
 class Preprocess(Strict):

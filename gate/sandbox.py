@@ -12,6 +12,11 @@ process that gets
 - CPU, address-space and file-size limits (``setrlimit``) and a wall-clock limit enforced here;
 - one way to answer: raw ``.npy`` records on a pipe, read here under a byte budget, never unpickled.
 
+A GPU (``spec.candidate.device``): the generator may sample on one NVIDIA GPU. The sandbox then shows that
+GPU's device file, the driver's control files and ``/sys`` (read-only: the CUDA driver reads the PCI
+topology there), and the memory limit is ``RLIMIT_DATA`` instead of ``RLIMIT_AS``: CUDA reserves far more
+address space than any memory limit would allow, without using it. Nothing else changes.
+
 Isolation levels (recorded in every report): ``bubblewrap`` (namespaces as above) or ``process`` (a
 separate process with a clean environment, limits and an empty working directory, but the machine's
 file system in view). A validation is signed only at ``bubblewrap``.
@@ -45,6 +50,9 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
                 "/etc/group", "/etc/nsswitch.conf", "/etc/alternatives")
 STDERR_TAIL = 16_384  # bytes of the child's stderr kept for the error message
+#: the NVIDIA driver's own files, shown beside a GPU's file when the sampler may use it
+NVIDIA_CONTROL_FILES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,7 @@ class SamplingPlan:
     n: int
     seed: int
     batch_size: int
+    device: str = "cpu"  # what the generator is told to sample on: cpu or cuda (the sandbox's SamplerDevice)
 
     @property
     def batches(self) -> int:
@@ -70,6 +79,60 @@ class SamplingPlan:
         """(batch index, first sample, samples in it) of every batch, in order."""
         for b, start in enumerate(range(0, self.n, self.batch_size)):
             yield b, start, min(self.batch_size, self.n - start)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerDevice:
+    """Where the candidate samples: ``device`` is what the generator is told (``cpu`` or ``cuda``), ``files``
+    the device files the sandbox shows it (none on the CPU)."""
+
+    device: str = "cpu"
+    files: tuple[str, ...] = ()
+
+
+def nvidia_files(index: int, dev: Path = Path("/dev")) -> tuple[str, ...]:
+    """GPU ``index``'s device file (``/dev/nvidiaN``, numbered as nvidia-smi numbers them) and the driver's
+    control files that exist, or nothing when this machine has no such GPU (or no NVIDIA driver)."""
+    gpu, control = dev / f"nvidia{index}", dev / "nvidiactl"
+    if not (gpu.is_char_device() and control.is_char_device()):
+        return ()
+    names = [str(dev / Path(f).name) for f in NVIDIA_CONTROL_FILES]
+    return (str(gpu), *(f for f in names if Path(f).is_char_device()))
+
+
+def resolve_sampler_device(requested: str, dev: Path = Path("/dev"),
+                           cuda_usable: Callable[[], bool] | None = None) -> SamplerDevice:
+    """``spec.candidate.device`` as the sandbox applies it. ``auto`` is GPU 0 when there is one and this
+    Python's torch can use it, else the CPU; ``cuda``/``cuda:N`` that is not there is bad configuration
+    (exit 2), found before anything runs, never a silent fall-back."""
+    import re
+
+    from gate.errors import ConfigError
+
+    if not re.fullmatch(DEVICE_PATTERN, requested):
+        raise ConfigError(f"spec.candidate.device: {requested[:40]!r} is not auto, cpu, cuda or cuda:N")
+    if requested == "cpu":
+        return SamplerDevice()
+    index = int(requested.split(":")[1]) if ":" in requested else 0
+    files = nvidia_files(index, dev)
+    if requested == "auto":
+        # the generator samples with gate's own Python: a GPU it cannot drive is no GPU
+        usable = files and (cuda_usable or _torch_sees_cuda)()
+        return SamplerDevice("cuda", files) if usable else SamplerDevice()
+    if not files:
+        raise ConfigError(f"spec.candidate.device: {requested} asked for, but this machine has no "
+                          f"{dev / f'nvidia{index}'} (use auto to fall back to the CPU)")
+    return SamplerDevice("cuda", files)
+
+
+def _torch_sees_cuda() -> bool:
+    """Only asked when an NVIDIA device file exists: the core does not need torch, and never imports it
+    on a machine without a GPU."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def bubblewrap_path() -> str | None:
@@ -120,7 +183,7 @@ def python_roots() -> list[Path]:
 
 
 def _bwrap_args(bwrap: str, binds: list[tuple[Path, str]], tmp_bytes: int = 256 * 2**20,
-                hidden: list[Path] = ()) -> list[str]:
+                hidden: list[Path] = (), devices: tuple[str, ...] = ()) -> list[str]:
     """The sandbox's mounts, in order: system folders, Python, the candidate's inputs; then an empty
     tmpfs over every ``hidden`` path (the working directory, ``.gate/``, the reports, the key) that
     happens to lie inside a bound folder (``WORKDIR /usr/src/app``); then the bound folders that lie
@@ -136,6 +199,10 @@ def _bwrap_args(bwrap: str, binds: list[tuple[Path, str]], tmp_bytes: int = 256 
     for f in SYSTEM_FILES:
         if os.path.exists(f):
             args += ["--ro-bind", f, f]
+    for f in devices:  # a GPU's file and the driver's, at their /dev names (the NVIDIA driver's own layout)
+        args += ["--dev-bind", f, f"/dev/{Path(f).name}"]
+    if devices:
+        args += ["--ro-bind", "/sys", "/sys"]
     for src, dst in binds:
         args += ["--ro-bind", str(src), dst]
     system = [Path(d) for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
@@ -167,8 +234,10 @@ def child_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def _limit_resources(limits: SandboxLimits) -> Callable[[], None]:
-    wanted = {resource.RLIMIT_AS: int(limits.max_memory_mb) * 2**20,
+def _limit_resources(limits: SandboxLimits, gpu: bool = False) -> Callable[[], None]:
+    # CUDA maps terabytes of address space it never touches: on a GPU only the data segment is limited
+    memory = resource.RLIMIT_DATA if gpu else resource.RLIMIT_AS
+    wanted = {memory: int(limits.max_memory_mb) * 2**20,
               resource.RLIMIT_CPU: int(limits.timeout_s * max(1, limits.threads)) + 30,
               resource.RLIMIT_FSIZE: int(limits.max_output_mb) * 2**20, resource.RLIMIT_CORE: 0}
     # never above a hard limit this process already has (a container's ulimit): lowering is all we may do
@@ -251,8 +320,10 @@ def _tail_reader(stream, keep: int) -> tuple[threading.Thread, bytearray]:
 
 def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits, isolation: str, *,
                       labels: np.ndarray | None = None, progress: Callable[[int], None] = lambda _n: None,
-                      where: str = "candidate", hidden: list[Path] = ()) -> list[np.ndarray]:
-    """The generator's raw output, one array per batch (batch ``b`` drawn with seed ``plan.seed + b``).
+                      where: str = "candidate", hidden: list[Path] = (),
+                      device: SamplerDevice = SamplerDevice()) -> list[np.ndarray]:
+    """The generator's raw output, one array per batch (batch ``b`` drawn with seed ``plan.seed + b``),
+    sampled on ``device``: the generator is shown its files and told ``device.device``, whatever the plan says.
     Raises :class:`InputError` when the generator fails or answers out of contract, :class:`LimitExceeded`
     past a limit, :class:`SandboxError` when the sandbox itself cannot run."""
     with tempfile.TemporaryDirectory(prefix="gate-sampler-") as work:
@@ -260,7 +331,8 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
         inputs, scratch = work / "input", work / "tmp"
         inputs.mkdir()
         scratch.mkdir()
-        (inputs / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
+        told = dataclasses.replace(plan, device=device.device)  # told only of the device it is shown
+        (inputs / "plan.json").write_text(json.dumps(dataclasses.asdict(told)), encoding="utf-8")
         if labels is not None:
             np.save(inputs / "labels.npy", np.ascontiguousarray(labels, dtype=np.int64), allow_pickle=False)
         child = [sys.executable, "-I", "-m", "gate.sampling_child"]
@@ -271,7 +343,8 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
                 raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
             binds = [(r, str(r)) for r in python_roots()] + [(inputs, "/gate/input"), (Path(model_dir), "/gate/model")]
             tmp_bytes = min(limits.max_memory_mb, 1024) * 2**20
-            cmd = _bwrap_args(bwrap, binds, tmp_bytes, [Path.cwd(), *hidden]) + child + ["/gate/input", "/gate/model"]
+            cmd = _bwrap_args(bwrap, binds, tmp_bytes, [Path.cwd(), *hidden], device.files) + child + \
+                ["/gate/input", "/gate/model"]
             cwd = None
         else:
             cmd = child + [str(inputs), str(model_dir)]
@@ -280,7 +353,7 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
         try:
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True,
-                                    preexec_fn=_limit_resources(limits))
+                                    preexec_fn=_limit_resources(limits, gpu=bool(device.files)))
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"cannot start the sampler ({getattr(exc, 'strerror', None) or exc})") from None
         done = [0]

@@ -89,7 +89,7 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
     run the checks → write every report file and the attestation in one staging step → record the
     result in MLflow → promote on a pass. Raises :class:`gate.errors.GateError` for bad input."""
     from gate import recording
-    from gate.sandbox import BUBBLEWRAP, probe_isolation
+    from gate.sandbox import BUBBLEWRAP, probe_isolation, resolve_sampler_device
 
     if (req.model is None) == (req.samples is None):
         raise InputError("give exactly one candidate: --model models:/NAME/VERSION or --samples DIR")
@@ -108,6 +108,7 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
     ref = tracking_uri = model_info = None
     if req.model:
         isolation = probe_isolation()
+        sampler = resolve_sampler_device(spec.candidate.device)
         if isolation != BUBBLEWRAP:
             what = ("the candidate would run without isolation (bubblewrap's `bwrap` is missing or cannot create "
                     "namespaces here: install Debian's bubblewrap package)")
@@ -121,7 +122,7 @@ def validate(req: Request, progress: ProgressFactory = lambda _d, _t: (lambda _n
                                candidate_labelled=generator_mode(spec.candidate.mode, ref) in ("conditional", "paired"),
                                device=spec.compute.device, engine=req.engine or spec.compute.engine))
         hidden = [Path(req.out), *([req.signing_key] if req.signing_key else [])]
-        candidate, model_info = draw_candidate(ref, tracking_uri, inputs, isolation, progress, hidden)
+        candidate, model_info = draw_candidate(ref, tracking_uri, inputs, isolation, progress, hidden, sampler)
         if isolation != BUBBLEWRAP:  # it could read the cache's key: nothing it may have written is trusted
             from gate.featurecache import FeatureCache
 
@@ -192,17 +193,19 @@ def _as_regressions(comparison) -> list[Regression]:
 
 
 def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: str,
-                   progress: ProgressFactory, hidden: list[Path] = ()) -> tuple[ImageSet, dict]:
-    """Download the version's artifacts once, hash them, and sample exactly that copy in the sandbox."""
+                   progress: ProgressFactory, hidden: list[Path] = (), sampler=None) -> tuple[ImageSet, dict]:
+    """Download the version's artifacts once, hash them, and sample exactly that copy in the sandbox, on
+    ``sampler`` (a :class:`gate.sandbox.SamplerDevice`; the CPU when None)."""
     from gate.attestation import artifacts_digest
     from gate.registry import download_model, make_read_only
-    from gate.sandbox import SamplingPlan, SandboxLimits, sample_in_sandbox
+    from gate.sandbox import SamplerDevice, SamplingPlan, SandboxLimits, sample_in_sandbox
 
     c = inputs.policy.model.spec.candidate
     mode = generator_mode(c.mode, ref)
     condition = conditioning_labels(inputs.train, c.n_samples, c.seed, c.label_deformation_px) \
         if mode == "conditional" else None
-    plan = SamplingPlan(mode, c.n_samples, c.seed, c.batch_size)
+    sampler = sampler or SamplerDevice()
+    plan = SamplingPlan(mode, c.n_samples, c.seed, c.batch_size, sampler.device)
     limits = SandboxLimits(c.timeout_s, c.max_memory_mb, c.max_output_mb, threads=_threads())
     with tempfile.TemporaryDirectory(prefix="gate-candidate-") as tmp:
         try:
@@ -211,12 +214,12 @@ def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: 
             make_read_only(model_dir)
             raw = sample_in_sandbox(model_dir, plan, limits, isolation, labels=condition,
                                     progress=progress(f"sampling {ref.version_uri}", c.n_samples), where=ref.uri,
-                                    hidden=list(hidden))
+                                    hidden=list(hidden), device=sampler)
         finally:
             _make_removable(Path(tmp))
     candidate = assemble_samples(raw, plan, condition)
     info = {"name": ref.name, "version": ref.version, "source": ref.source, "run_id": ref.run_id, "uri": ref.uri,
-            "generator_mode": mode, "artifacts_sha256": digest, "creation_timestamp": ref.creation_timestamp,
+            "generator_mode": mode, "sampler_device": sampler.device, "artifacts_sha256": digest, "creation_timestamp": ref.creation_timestamp,
             "workspace": ref.workspace}
     return candidate, info
 

@@ -107,12 +107,16 @@ class DiffusionGenerator(ImageGenerator):
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            g = torch.Generator().manual_seed(int(seed))
+            # self.device is where gate asks it to sample (spec.candidate.device); the random stream is the
+            # device's own, so the same (n, seed) gives the same images on the same kind of device
+            device = torch.device(self.device)
+            self._net.to(device)
+            g = torch.Generator(device=device).manual_seed(int(seed))
             r = self.resolution
-            noise = torch.randn((n, 1, r, r), generator=g)  # then the steps' noise (eta > 0), batch by batch
+            noise = torch.randn((n, 1, r, r), generator=g, device=device)  # then each step's noise (eta > 0)
             with torch.inference_mode():
                 out = torch.cat([self._sample(noise[i:i + self.batch], g) for i in range(0, n, self.batch)])
-            return out[:, 0].numpy().astype(np.float32)
+            return out[:, 0].cpu().numpy().astype(np.float32)
         finally:
             torch.set_num_threads(threads)
 
@@ -134,7 +138,7 @@ class DiffusionGenerator(ImageGenerator):
 
         scheduler = DDIMScheduler(**self._ckpt["scheduler_config"], clip_sample=True)
         for t in self.timesteps(scheduler):
-            eps = self._net(x, torch.full((len(x),), int(t), dtype=torch.long))
+            eps = self._net(x, torch.full((len(x),), int(t), dtype=torch.long, device=x.device))
             x, _ = scheduler.step(eps, int(t), x, eta=self.eta, generator=generator)
         img = (x.clamp(-1, 1) + 1) / 2
         img = F.interpolate(img, size=(OUTPUT_SIZE, OUTPUT_SIZE), mode="bilinear", align_corners=False)
