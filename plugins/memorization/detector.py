@@ -13,6 +13,7 @@ import numpy as np
 from gate.imageset import content_digest
 from gate.featurecache import FeatureCache, cache_key
 from gate_plugins.memorization import maths
+from gate_plugins.toolkit.engines import LocalEngine
 from gate_plugins.toolkit.extractors import FeatureExtractor
 from gate_plugins.toolkit.search import EXACT_LIMIT, NeighbourIndex
 from gate_plugins.memorization.transforms import Invariance, apply, misalign, transform_set
@@ -48,6 +49,20 @@ class _Rows:
     def __getitem__(self, sl: slice) -> np.ndarray:
         a, b, _ = sl.indices(len(self))
         return self.images[self.start + a:self.start + b]
+
+
+class _Stacked:
+    """One array per layer, ``rows`` long, filled in place as features arrive (allocated at the first put,
+    when the widths are known): transforms and shards are joined without a second copy of the reference."""
+
+    def __init__(self, rows: int):
+        self.rows, self.layers = rows, []
+
+    def put(self, start: int, feats: list[np.ndarray]) -> None:
+        if not self.layers:
+            self.layers = [np.empty((self.rows, f.shape[1]), f.dtype) for f in feats]
+        for out, f in zip(self.layers, feats):
+            out[start:start + len(f)] = f
 
 
 class _Views:
@@ -197,7 +212,6 @@ class Detector:
         transforms = transform_set(self.invariance) if side == "reference" else transform_set("none")
         if len(self.transforms) > 1 and train.shape[1] != train.shape[2]:
             raise ValueError(f"invariance '{self.invariance}' needs square images, got {train.shape[1:]}")
-        n_layers = len(self.extractor.layers)
         src = np.tile(self.nuisance_sources(len(train)), self.nuisance_copies)
         key = self._reference_key(train, digest, side) if self.cache_dir is not None else None
         self.cache_status_ = "off"  # hit | miss | tampered (a forged or damaged entry, recomputed) | off
@@ -206,10 +220,10 @@ class Detector:
             if hit is not None:
                 progress(len(train) * len(transforms) + len(src))
                 return hit[0], hit[1], True
-        parts = [self._sharded_features(_Transformed(train, fn), key, t, progress)
-                 for t, (_, fn) in enumerate(transforms)]
-        reference = [np.concatenate([feats[k] for feats, _ in parts]) for k in range(n_layers)]
-        shards = [bounds for _, bounds in parts if bounds]
+        stacked, shards = _Stacked(len(train) * len(transforms)), []
+        for t, (_, fn) in enumerate(transforms):
+            shards += self._sharded_features(_Transformed(train, fn), key, t, progress, stacked, t * len(train))
+        reference = stacked.layers
         nuisance = [np.zeros((0, r.shape[1])) for r in reference]
         if self.nuisance_copies:
             rng = np.random.default_rng(0)  # fixed: the same train set always gives the same whitening
@@ -217,7 +231,7 @@ class Detector:
             nuisance = [f - r[src] for f, r in zip(feats, reference)]  # rows 0..N-1 are the identity
         if key is not None:
             # a sharded reference is held by its shards; the entry names them instead of holding a second copy
-            rows = {"ref_shards": np.asarray([b for bounds in shards for b in bounds], np.int64)} if shards else \
+            rows = {"ref_shards": np.asarray(shards, np.int64)} if shards else \
                 {f"ref_{k}": r for k, r in enumerate(reference)}
             FeatureCache(self.cache_dir).store(key, {**rows, **{f"nuis_{k}": d for k, d in enumerate(nuisance)}})
         return reference, nuisance, False
@@ -225,40 +239,39 @@ class Detector:
     def _shard_key(self, key: str, transform: int, start: int, stop: int) -> str:
         return cache_key(kind="memorization-shard", format=1, entry=key, transform=transform, rows=[start, stop])
 
-    def _sharded_features(self, images, key: str | None, transform: int, progress: Progress
-                          ) -> tuple[list[np.ndarray], list[tuple[int, int, int]]]:
-        """The features of ``images`` (the train set under transform number ``transform``), and the
-        (transform, start, stop) of the shards they were stored in: none when the set fits one shard or
-        nothing is cached. A shard already in the cache, whole and authentic, is read instead of extracted,
-        so a fit killed part-way resumes where it stopped. Shards start at multiples of ``shard_rows``, so
-        the extractor sees the same batches as in one pass (the same features to the bit)."""
+    def _sharded_features(self, images, key: str | None, transform: int, progress: Progress, out: "_Stacked",
+                          offset: int) -> list[tuple[int, int, int]]:
+        """Put the features of ``images`` (the train set under transform number ``transform``) in ``out`` from
+        row ``offset``, and return the (transform, start, stop) of the shards they were stored in: none when
+        the set fits one shard or nothing is cached. A shard already in the cache, whole and authentic, is
+        read instead of extracted, so a fit killed part-way resumes where it stopped. Shards start at
+        multiples of ``shard_rows``; when that is a multiple of ``batch_size`` (the defaults: 16,384 and 32)
+        the extractor sees the same batches as in one pass, and the features are the same to the bit."""
         n = len(images)
         if key is None or n <= self.shard_rows:
-            return self.features(images, progress), []
-        cache = FeatureCache(self.cache_dir)
+            out.put(offset, self.features(images, progress))
+            return []
         bounds = [(transform, a, min(n, a + self.shard_rows)) for a in range(0, n, self.shard_rows)]
-        out: list[np.ndarray] = []
-        for _, start, stop in bounds:
-            shard_key = self._shard_key(key, transform, start, stop)
-            feats = self._load_shard(cache, shard_key, stop - start)
+        cache = FeatureCache(self.cache_dir)
+        for (_, start, stop), shard_key, feats in self._stored_shards(cache, key, bounds):
             if feats is None:
                 feats = self.features(_Rows(images, start, stop), progress)
                 cache.store(shard_key, {f"layer_{k}": f for k, f in enumerate(feats)})
             else:
                 progress(stop - start)
-            if not out:  # one array per layer, filled shard by shard: no second copy while concatenating
-                out = [np.empty((n, f.shape[1]), f.dtype) for f in feats]
-            for o, f in zip(out, feats):
-                o[start:stop] = f
-        return out, bounds
+            out.put(offset + start, feats)
+        return bounds
 
-    def _load_shard(self, cache: FeatureCache, shard_key: str, rows: int) -> list[np.ndarray] | None:
-        """A shard's features per layer, or None when it is missing, forged or not ``rows`` long."""
-        hit = cache.load(shard_key).arrays
+    def _stored_shards(self, cache: FeatureCache, key: str, bounds):
+        """(bounds, cache key, features per layer) of each shard named by ``bounds`` (transform, start, stop);
+        the features are None when the shard is missing, forged or not the size its bounds name."""
         n_layers = len(self.extractor.layers)
-        if hit is None or not all(f"layer_{k}" in hit and len(hit[f"layer_{k}"]) == rows for k in range(n_layers)):
-            return None
-        return [hit[f"layer_{k}"] for k in range(n_layers)]
+        for transform, start, stop in bounds:
+            shard_key = self._shard_key(key, int(transform), int(start), int(stop))
+            hit = cache.load(shard_key).arrays
+            whole = hit is not None and all(len(hit.get(f"layer_{k}", ())) == stop - start for k in range(n_layers))
+            yield (int(transform), int(start), int(stop)), shard_key, \
+                [hit[f"layer_{k}"] for k in range(n_layers)] if whole else None
 
     def cached_reference_features(self, train: np.ndarray, digest: str | None = None) -> list[np.ndarray] | None:
         """The train features (transform-major, identity first, as :meth:`reference_features` on either side)
@@ -321,16 +334,14 @@ class Detector:
     def _read_shards(self, key: str, bounds: np.ndarray) -> list[np.ndarray] | None:
         """A sharded reference read back (transform-major, as extracted), or None when a shard is missing,
         forged or not the size its entry names."""
-        cache, parts = FeatureCache(self.cache_dir), []
-        for transform, start, stop in np.asarray(bounds, np.int64).reshape(-1, 3):
-            feats = self._load_shard(cache, self._shard_key(key, int(transform), int(start), int(stop)),
-                                     int(stop - start))
+        bounds = np.asarray(bounds, np.int64).reshape(-1, 3)
+        stacked, row = _Stacked(int(np.sum(bounds[:, 2] - bounds[:, 1]))), 0
+        for (_, start, stop), _key, feats in self._stored_shards(FeatureCache(self.cache_dir), key, bounds):
             if feats is None:
                 return None
-            parts.append(feats)
-        if not parts:
-            return None
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+            stacked.put(row, feats)
+            row += stop - start
+        return stacked.layers or None
 
     def fit(self, train: np.ndarray, *, digest: str | None = None, calibration: np.ndarray | None = None,
             calibration_groups: Sequence[object] | None = None, progress: Progress = lambda _n: None,
@@ -403,9 +414,7 @@ class Detector:
     def _index(self, rows: np.ndarray):
         """Inner-product search over unit rows: exact up to ``exact_limit`` rows, beyond it re-ranked exactly;
         on the engine's cluster when it has one."""
-        if self.engine is not None and hasattr(self.engine, "index"):
-            return self.engine.index(rows, self.exact_limit)
-        return NeighbourIndex(exact_limit=self._exact_limit).fit(rows)
+        return (self.engine or LocalEngine(self.extractor)).index(rows, self._exact_limit)
 
     def fit_work(self, n_train: int, n_calibration: int, n_queries: int = 0) -> int:
         """The progress ticks :meth:`fit` reports: one per feature extraction or verified image."""
