@@ -94,6 +94,22 @@ class ConditionalImageGenerator(mlflow.pyfunc.PythonModel):
         return np.asarray(self.generate(labels, seed), dtype=np.float32)
 
 
+def declares_device(model_dir: Path) -> bool:
+    """Whether a downloaded version's signature declares the ``device`` parameter (:func:`log_generator`'s
+    do; versions logged before it do not, and MLflow would drop the param with a warning). The file is the
+    candidate's: read only when small, and any failure to read it means "not declared"."""
+    from mlflow.models import Model
+
+    mlmodel = Path(model_dir) / "MLmodel"
+    try:
+        if mlmodel.stat().st_size > 1 << 20:
+            return False
+        params = Model.load(str(mlmodel)).signature.params
+    except Exception:  # noqa: BLE001 - no signature, no params, unreadable: not told, the GPU is still shown
+        return False
+    return params is not None and any(p.name == "device" for p in params.params)
+
+
 def generator_mode(generator: mlflow.pyfunc.PythonModel) -> str:
     if isinstance(generator, ConditionalImageGenerator):
         return "conditional"

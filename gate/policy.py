@@ -57,14 +57,17 @@ class CandidateSpec(Strict):
     timeout_s: float = Field(600, gt=0, le=86400, allow_inf_nan=False,
                              description="wall-clock limit for sampling the candidate (its process is killed after)")
     max_memory_mb: int = Field(4096, ge=256, le=1_048_576,
-                               description="address-space limit of the sampling process, in MiB")
+                               description="address-space limit of the sampling process, in MiB (on a GPU: "
+                                           "its data segment, which does not count shared or pinned memory)")
     max_output_mb: int = Field(2048, ge=1, le=1_048_576,
                                description="the most array data the generator may return, all batches together, MiB")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$",
-                        description="where the generator samples: auto (NVIDIA GPU 0 when there is one and gate's "
-                                    "torch can use it, else the CPU), cpu, cuda or cuda:N (/dev/nvidiaN); the sandbox "
-                                    "shows the generator that one GPU only and tells it params {device: cuda}; a GPU "
-                                    "that is not there is refused before anything runs")
+    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$",
+                        description="where the untrusted generator samples: cpu (default), auto (NVIDIA GPU 0 when "
+                                    "there is one and gate's torch can use it, else the CPU), cuda or cuda:N "
+                                    "(/dev/nvidiaN); on a GPU the sandbox shows it that GPU's device file, a "
+                                    "read-only /sys, limits its data segment instead of its address space, and "
+                                    "tells it params {device: cuda}; a GPU named but not usable is refused before "
+                                    "anything runs")
 
 
 class Preprocess(Strict):

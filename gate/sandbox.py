@@ -9,13 +9,17 @@ process that gets
   bubblewrap, a file-system view of the system and the Python installation only (no working
   directory, no ``.gate/``, no keys, no reports), its own PID, network, IPC and user namespaces, an
   empty ``/tmp``, no capabilities; an environment built from scratch (no ``GATE_*`` secret);
-- CPU, address-space and file-size limits (``setrlimit``) and a wall-clock limit enforced here;
+- CPU, address-space (on a GPU: data-segment) and file-size limits (``setrlimit``) and a wall-clock limit
+  enforced here;
 - one way to answer: raw ``.npy`` records on a pipe, read here under a byte budget, never unpickled.
 
-A GPU (``spec.candidate.device``): the generator may sample on one NVIDIA GPU. The sandbox then shows that
-GPU's device file, the driver's control files and ``/sys`` (read-only: the CUDA driver reads the PCI
-topology there), and the memory limit is ``RLIMIT_DATA`` instead of ``RLIMIT_AS``: CUDA reserves far more
-address space than any memory limit would allow, without using it. Nothing else changes.
+A GPU (``spec.candidate.device``, opt-in): the generator may sample on one NVIDIA GPU. The sandbox then
+shows that GPU's device file and the driver's control files (no other GPU's file), and ``/sys`` read-only as
+a Docker container sees it (the CUDA driver reads the PCI topology there; it lists the machine's devices,
+other GPUs included). The memory limit becomes ``RLIMIT_DATA`` instead of ``RLIMIT_AS``: CUDA reserves far
+more address space than any limit would allow, without using it, and ``RLIMIT_DATA`` does not count shared
+mappings or pinned memory, so on a GPU the generator's host memory is bounded less tightly (a cgroup's
+``memory.max`` would bound it).
 
 Isolation levels (recorded in every report): ``bubblewrap`` (namespaces as above) or ``process`` (a
 separate process with a clean environment, limits and an empty working directory, but the machine's
@@ -51,14 +55,14 @@ SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/et
                 "/etc/group", "/etc/nsswitch.conf", "/etc/alternatives")
 STDERR_TAIL = 16_384  # bytes of the child's stderr kept for the error message
 #: the NVIDIA driver's own files, shown beside a GPU's file when the sampler may use it
-NVIDIA_CONTROL_FILES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+NVIDIA_CONTROL_FILES = ("/dev/nvidiactl", "/dev/nvidia-uvm")  # not -uvm-tools: a profiler's, not CUDA's
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
 
 
 @dataclasses.dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 600.0
-    max_memory_mb: int = 4096  # address space (RLIMIT_AS): Python + MLflow alone reserve ~0.5 GB
+    max_memory_mb: int = 4096  # address space (RLIMIT_AS; on a GPU RLIMIT_DATA): Python + MLflow reserve ~0.5 GB
     max_output_mb: int = 2048  # bytes of arrays the generator may send back, all batches together
     threads: int = 1
 
@@ -88,23 +92,29 @@ class SamplerDevice:
 
     device: str = "cpu"
     files: tuple[str, ...] = ()
+    #: whether the generator is told (its version declares the ``device`` parameter; older ones do not)
+    told: bool = True
+
+    def describe(self) -> str:
+        """What the report records."""
+        if self.device == "cpu" or self.told:
+            return self.device
+        return f"{self.device} (shown, not told: the version declares no device parameter)"
 
 
 def nvidia_files(index: int, dev: Path = Path("/dev")) -> tuple[str, ...]:
-    """GPU ``index``'s device file (``/dev/nvidiaN``, numbered as nvidia-smi numbers them) and the driver's
-    control files that exist, or nothing when this machine has no such GPU (or no NVIDIA driver)."""
-    gpu, control = dev / f"nvidia{index}", dev / "nvidiactl"
-    if not (gpu.is_char_device() and control.is_char_device()):
-        return ()
-    names = [str(dev / Path(f).name) for f in NVIDIA_CONTROL_FILES]
-    return (str(gpu), *(f for f in names if Path(f).is_char_device()))
+    """GPU ``index``'s device file (``/dev/nvidiaN``: the driver's minor number, nvidia-smi's "Minor Number")
+    and the driver's control files, or nothing unless all of them exist: without ``nvidia-uvm`` CUDA
+    cannot run in the sandbox."""
+    files = (dev / f"nvidia{index}", *(dev / Path(f).name for f in NVIDIA_CONTROL_FILES))
+    return tuple(str(f) for f in files) if all(f.is_char_device() for f in files) else ()
 
 
 def resolve_sampler_device(requested: str, dev: Path = Path("/dev"),
                            cuda_usable: Callable[[], bool] | None = None) -> SamplerDevice:
     """``spec.candidate.device`` as the sandbox applies it. ``auto`` is GPU 0 when there is one and this
-    Python's torch can use it, else the CPU; ``cuda``/``cuda:N`` that is not there is bad configuration
-    (exit 2), found before anything runs, never a silent fall-back."""
+    Python's torch can use it, else the CPU; ``cuda``/``cuda:N`` that is not there (or that torch cannot
+    use) is bad configuration (exit 2), found before anything runs, never a silent fall-back."""
     import re
 
     from gate.errors import ConfigError
@@ -114,15 +124,17 @@ def resolve_sampler_device(requested: str, dev: Path = Path("/dev"),
     if requested == "cpu":
         return SamplerDevice()
     index = int(requested.split(":")[1]) if ":" in requested else 0
-    files = nvidia_files(index, dev)
+    # the generator samples with gate's own Python: a GPU its torch cannot drive is no GPU. Asked first:
+    # the driver creates /dev/nvidia-uvm on a machine's first CUDA use
+    usable = (dev / f"nvidia{index}").is_char_device() and (cuda_usable or _torch_sees_cuda)()
+    files = nvidia_files(index, dev) if usable else ()
+    if files:
+        return SamplerDevice("cuda", files)
     if requested == "auto":
-        # the generator samples with gate's own Python: a GPU it cannot drive is no GPU
-        usable = files and (cuda_usable or _torch_sees_cuda)()
-        return SamplerDevice("cuda", files) if usable else SamplerDevice()
-    if not files:
-        raise ConfigError(f"spec.candidate.device: {requested} asked for, but this machine has no "
-                          f"{dev / f'nvidia{index}'} (use auto to fall back to the CPU)")
-    return SamplerDevice("cuda", files)
+        return SamplerDevice()
+    raise ConfigError(f"spec.candidate.device: {requested} asked for, but this machine has no usable "
+                      f"{dev / f'nvidia{index}'} (with {', '.join(NVIDIA_CONTROL_FILES)}, and a torch that sees "
+                      "CUDA); use auto to fall back to the CPU")
 
 
 def _torch_sees_cuda() -> bool:
@@ -323,7 +335,8 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
                       where: str = "candidate", hidden: list[Path] = (),
                       device: SamplerDevice = SamplerDevice()) -> list[np.ndarray]:
     """The generator's raw output, one array per batch (batch ``b`` drawn with seed ``plan.seed + b``),
-    sampled on ``device``: the generator is shown its files and told ``device.device``, whatever the plan says.
+    sampled on ``device``: the generator is shown its files and told ``device.device`` (when ``device.told``),
+    whatever the plan says.
     Raises :class:`InputError` when the generator fails or answers out of contract, :class:`LimitExceeded`
     past a limit, :class:`SandboxError` when the sandbox itself cannot run."""
     with tempfile.TemporaryDirectory(prefix="gate-sampler-") as work:
@@ -331,7 +344,7 @@ def sample_in_sandbox(model_dir: Path, plan: SamplingPlan, limits: SandboxLimits
         inputs, scratch = work / "input", work / "tmp"
         inputs.mkdir()
         scratch.mkdir()
-        told = dataclasses.replace(plan, device=device.device)  # told only of the device it is shown
+        told = dataclasses.replace(plan, device=device.device if device.told else "cpu")
         (inputs / "plan.json").write_text(json.dumps(dataclasses.asdict(told)), encoding="utf-8")
         if labels is not None:
             np.save(inputs / "labels.npy", np.ascontiguousarray(labels, dtype=np.int64), allow_pickle=False)

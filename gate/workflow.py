@@ -12,7 +12,7 @@ import numpy as np
 
 from gate.engine import Inputs, load_inputs, preflight, read_candidate_folder, run
 from gate.errors import ConfigError, ExitCode, InputError, ValidatorError
-from gate.generator import assemble_samples
+from gate.generator import assemble_samples, declares_device
 from gate.imageio import check_same_size
 from gate.imageset import ImageSet
 from gate.registry import ModelRef, check_reachable, resolve_model, resolve_tracking_uri
@@ -212,6 +212,8 @@ def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: 
             model_dir = download_model(ref, tracking_uri, Path(tmp))
             digest = artifacts_digest(model_dir)
             make_read_only(model_dir)
+            if sampler.files:
+                sampler = dataclasses.replace(sampler, told=declares_device(model_dir))
             raw = sample_in_sandbox(model_dir, plan, limits, isolation, labels=condition,
                                     progress=progress(f"sampling {ref.version_uri}", c.n_samples), where=ref.uri,
                                     hidden=list(hidden), device=sampler)
@@ -219,8 +221,8 @@ def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: 
             _make_removable(Path(tmp))
     candidate = assemble_samples(raw, plan, condition)
     info = {"name": ref.name, "version": ref.version, "source": ref.source, "run_id": ref.run_id, "uri": ref.uri,
-            "generator_mode": mode, "sampler_device": sampler.device, "artifacts_sha256": digest, "creation_timestamp": ref.creation_timestamp,
-            "workspace": ref.workspace}
+            "generator_mode": mode, "sampler_device": sampler.describe(), "artifacts_sha256": digest,
+            "creation_timestamp": ref.creation_timestamp, "workspace": ref.workspace}
     return candidate, info
 
 

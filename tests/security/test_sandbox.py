@@ -138,6 +138,7 @@ def test_a_hostile_copier_cannot_patch_the_verdict_find_the_key_or_write_the_cac
     assert res.exit_code == 1, res.output  # blocked: the patched verdict did not reach the gate
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verdict"] == "fail" and report["provenance"]["isolation"] == "bubblewrap"
+    assert report["statement"]["sampling"]["device"] == report["provenance"]["model"]["sampler_device"] == "cpu"
     assert not loot.exists(), loot.read_text()  # the host's file system was not in view
     assert not (cache / "poison.npz").exists()
     # what was attested is the digest of what was downloaded and sampled, unchanged by the generator

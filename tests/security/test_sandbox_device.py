@@ -1,11 +1,12 @@
 """The sampler on a GPU (spec.candidate.device): the sandbox shows the generator the one GPU it is given and
 the driver's control files, nothing else of the machine's devices; the generator is told where to sample;
-``auto`` falls back to the CPU on a machine without a GPU (this one), and a GPU asked for by name that is
-not there is refused before anything runs.
+``auto`` falls back to the CPU without a usable GPU, and a GPU asked for by name that is not there is refused
+before anything runs.
 
 No GPU is needed: the device files are stand-ins (links to /dev/null, which is a character device like the
 NVIDIA driver's), so what is tested is gate's binding and contract, not CUDA."""
 
+import dataclasses
 import json
 import os
 import resource
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from conftest import write_policy
 from gate.cli import app
 from gate.errors import ConfigError
-from gate.generator import ImageGenerator, log_generator
+from gate.generator import ImageGenerator, declares_device, log_generator
 from gate.sandbox import (BUBBLEWRAP, SamplerDevice, SamplingPlan, SandboxLimits, probe_isolation,
                           resolve_sampler_device, sample_in_sandbox)
 
@@ -30,26 +31,33 @@ def _fake_dev(root: Path, names=("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"
     return root
 
 
-def test_auto_samples_on_the_cpu_here_and_a_named_gpu_that_is_missing_is_refused(tmp_path):
-    assert resolve_sampler_device("auto") == SamplerDevice("cpu", ())  # this machine: no NVIDIA GPU
-    assert resolve_sampler_device("auto", cuda_usable=lambda: True) == SamplerDevice("cpu", ())
-    with pytest.raises(ConfigError, match=r"spec.candidate.device: cuda:1 asked for, but this machine has no .*nvidia1"):
-        resolve_sampler_device("cuda:1", dev=_fake_dev(tmp_path / "dev", ("nvidia0", "nvidiactl")))
+def test_auto_samples_on_the_cpu_without_a_gpu_and_a_named_gpu_that_is_missing_is_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert resolve_sampler_device("auto", empty, cuda_usable=lambda: True) == SamplerDevice("cpu", ())
+    with pytest.raises(ConfigError, match=r"spec.candidate.device: cuda:1 asked for, but this machine has no usable "
+                                          r".*nvidia1"):
+        resolve_sampler_device("cuda:1", _fake_dev(tmp_path / "dev", ("nvidia0", "nvidiactl", "nvidia-uvm")),
+                               cuda_usable=lambda: True)
     with pytest.raises(ConfigError, match="spec.candidate.device"):
         resolve_sampler_device("gpu; rm -rf /")
 
 
-def test_auto_takes_gpu_0_only_when_torch_can_drive_it(tmp_path):
+def test_auto_takes_gpu_0_only_when_torch_can_drive_it_and_cuda_can_run(tmp_path):
     dev = _fake_dev(tmp_path / "dev")
     assert resolve_sampler_device("auto", dev, cuda_usable=lambda: True) == \
         SamplerDevice("cuda", (str(dev / "nvidia0"), str(dev / "nvidiactl"), str(dev / "nvidia-uvm")))
     assert resolve_sampler_device("auto", dev, cuda_usable=lambda: False) == SamplerDevice()
-    assert resolve_sampler_device("cuda:1", dev).files[0] == str(dev / "nvidia1")
+    assert resolve_sampler_device("cuda:1", dev, cuda_usable=lambda: True).files[0] == str(dev / "nvidia1")
+    with pytest.raises(ConfigError, match="a torch that sees CUDA"):
+        resolve_sampler_device("cuda", dev, cuda_usable=lambda: False)
     assert resolve_sampler_device("cpu", dev) == SamplerDevice()
+    no_uvm = _fake_dev(tmp_path / "no-uvm", ("nvidia0", "nvidiactl"))  # CUDA cannot run without nvidia-uvm
+    assert resolve_sampler_device("auto", no_uvm, cuda_usable=lambda: True) == SamplerDevice()
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "nvidia0").write_text("not a device")  # a regular file is no GPU
-    (plain / "nvidiactl").write_text("")
+    for name in ("nvidia0", "nvidiactl", "nvidia-uvm"):
+        (plain / name).write_text("not a device")  # regular files are no GPU
     assert resolve_sampler_device("auto", plain, cuda_usable=lambda: True) == SamplerDevice()
 
 
@@ -73,7 +81,7 @@ def test_the_sandbox_shows_the_generator_its_gpu_and_no_other(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mv, _ = log_generator(DeviceReporter(), "reporter", tracking_uri=uri)
     model = download_model(resolve_model(f"models:/reporter/{mv.version}", uri), uri, tmp_path / "dl")
-    gpu1 = resolve_sampler_device("cuda:1", _fake_dev(tmp_path / "dev"))
+    gpu1 = resolve_sampler_device("cuda:1", _fake_dev(tmp_path / "dev"), cuda_usable=lambda: True)
     limits = SandboxLimits(timeout_s=120, max_memory_mb=3072)
 
     def seen(device: SamplerDevice) -> dict:
@@ -87,6 +95,11 @@ def test_the_sandbox_shows_the_generator_its_gpu_and_no_other(tmp_path):
     # CUDA reserves address space it never uses: the memory limit moves to the data segment
     assert on_gpu["data"] == 3072 * 2**20 and on_gpu["as"] in (resource.RLIM_INFINITY,
                                                                  resource.getrlimit(resource.RLIMIT_AS)[1])
+    # a version logged before the device parameter is shown the GPU but not told (MLflow would drop the param)
+    assert declares_device(model) and not declares_device(tmp_path)
+    untold = seen(dataclasses.replace(gpu1, told=False))
+    assert untold["device"] == "cpu" and untold["dev"] == on_gpu["dev"]
+    assert dataclasses.replace(gpu1, told=False).describe().startswith("cuda (shown, not told")
     on_cpu = seen(SamplerDevice())
     assert on_cpu["device"] == "cpu" and on_cpu["dev"] == [] and not on_cpu["sys"]
     assert on_cpu["as"] == 3072 * 2**20
@@ -97,9 +110,9 @@ def test_a_policy_naming_a_gpu_that_is_not_here_stops_before_sampling(mri, tmp_p
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mv, _ = log_generator(DeviceReporter(), "reporter", tracking_uri=uri)
     policy = write_policy(tmp_path / "p.yaml", mri["train"], mri["holdout"])
-    policy.write_text(policy.read_text().replace("    batch_size: 8\n", "    batch_size: 8\n    device: cuda:7\n"))
+    policy.write_text(policy.read_text().replace("    batch_size: 8\n", "    batch_size: 8\n    device: cuda:99\n"))
     res = CliRunner().invoke(app, ["validate", "--model", f"models:/reporter/{mv.version}", "--policy", str(policy),
                                    "--tracking-uri", uri, "--out", str(tmp_path / "out")])
     assert res.exit_code == 2, res.output
-    assert "spec.candidate.device: cuda:7 asked for" in res.output
+    assert "spec.candidate.device: cuda:99 asked for" in res.output
     assert not (tmp_path / "out").exists()
