@@ -59,6 +59,9 @@ class _Stacked:
         self.rows, self.layers = rows, []
 
     def put(self, start: int, feats: list[np.ndarray]) -> None:
+        if not self.layers and start == 0 and all(len(f) == self.rows for f in feats):
+            self.layers = list(feats)  # one put fills every row (one transform, one shard): no copy at all
+            return
         if not self.layers:
             self.layers = [np.empty((self.rows, f.shape[1]), f.dtype) for f in feats]
         for out, f in zip(self.layers, feats):
