@@ -42,6 +42,10 @@ class Metadata(Strict):
                                                             "and where (compliance report)")
 
 
+#: a torch device as a policy names it (compute.device, candidate.device)
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
+
+
 class CandidateSpec(Strict):
     n_samples: int = Field(64, ge=1, description="How many samples to draw from a registry generator")
     seed: int = Field(0, ge=0, description="Seed passed to the generator and to every validator")
@@ -61,7 +65,7 @@ class CandidateSpec(Strict):
                                            "its data segment, which does not count shared or pinned memory)")
     max_output_mb: int = Field(2048, ge=1, le=1_048_576,
                                description="the most array data the generator may return, all batches together, MiB")
-    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$",
+    device: str = Field("cpu", pattern=DEVICE_PATTERN,
                         description="where the untrusted generator samples: cpu (default), auto (NVIDIA GPU 0 when "
                                     "there is one and gate's torch can use it, else the CPU), cuda or cuda:N "
                                     "(/dev/nvidiaN); on a GPU the sandbox shows it that GPU's device file, a "
@@ -156,7 +160,7 @@ class PromotionSpec(Strict):
 
 
 class ComputeSpec(Strict):
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$",
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
                         description="where the checks' networks run (feature extractors, segmentation back ends): "
                                     "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N; a CUDA "
                                     "device that is not there is refused before anything runs")

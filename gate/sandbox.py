@@ -56,7 +56,6 @@ SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/et
 STDERR_TAIL = 16_384  # bytes of the child's stderr kept for the error message
 #: the NVIDIA driver's own files, shown beside a GPU's file when the sampler may use it
 NVIDIA_CONTROL_FILES = ("/dev/nvidiactl", "/dev/nvidia-uvm")  # not -uvm-tools: a profiler's, not CUDA's
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +117,7 @@ def resolve_sampler_device(requested: str, dev: Path = Path("/dev"),
     import re
 
     from gate.errors import ConfigError
+    from gate.policy import DEVICE_PATTERN
 
     if not re.fullmatch(DEVICE_PATTERN, requested):
         raise ConfigError(f"spec.candidate.device: {requested[:40]!r} is not auto, cpu, cuda or cuda:N")

@@ -205,7 +205,7 @@ def draw_candidate(ref: ModelRef, tracking_uri: str, inputs: Inputs, isolation: 
     condition = conditioning_labels(inputs.train, c.n_samples, c.seed, c.label_deformation_px) \
         if mode == "conditional" else None
     sampler = sampler or SamplerDevice()
-    plan = SamplingPlan(mode, c.n_samples, c.seed, c.batch_size, sampler.device)
+    plan = SamplingPlan(mode, c.n_samples, c.seed, c.batch_size)  # the sandbox tells the generator its device
     limits = SandboxLimits(c.timeout_s, c.max_memory_mb, c.max_output_mb, threads=_threads())
     with tempfile.TemporaryDirectory(prefix="gate-candidate-") as tmp:
         try:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 
 from gate.errors import ConfigError
-
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
+from gate.policy import DEVICE_PATTERN
 
 
 def resolve_device(requested: str = "auto"):
